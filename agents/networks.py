@@ -1,0 +1,175 @@
+"""Networks built from a spec of named hidden blocks, so strategies and metrics find layers by name.
+
+A block is layer (Conv2d or Linear) -> optional norm -> activation -> optional max-pool. Strategies
+edit the spec before the network is built (`configure_network`: CReLU, LayerNorm, ...), and find
+hidden layers afterwards through `hidden_layers()`; nothing ever indexes layers by position.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class BlockSpec:
+    name: str
+    kind: str  # conv | linear
+    out: int
+    kernel: int = 0
+    stride: int = 1
+    pool: int = 0  # max-pool kernel after the activation (0: none)
+
+
+@dataclass
+class NetworkSpec:
+    input_shape: tuple[int, ...]
+    blocks: list[BlockSpec]
+    heads: dict[str, int]  # head name -> output size
+    head_gains: dict[str, float] = field(default_factory=dict)
+    input_scale: float = 1.0  # uint8 inputs are converted inside the network
+    channels_last_input: bool = False  # MiniGrid images come as HWC
+    activation: str = "relu"  # relu | crelu
+    layer_norm: bool = False
+    hidden_gain: float = math.sqrt(2)
+
+
+def nature_cnn(obs_shape, width: float = 1.0) -> list[BlockSpec]:
+    w = lambda n: max(1, round(n * width))  # noqa: E731
+    return [BlockSpec("conv1", "conv", w(32), 8, 4), BlockSpec("conv2", "conv", w(64), 4, 2),
+            BlockSpec("conv3", "conv", w(64), 3, 1), BlockSpec("fc1", "linear", w(512))]
+
+
+def minigrid_cnn(obs_shape, width: float = 1.0) -> list[BlockSpec]:
+    w = lambda n: max(1, round(n * width))  # noqa: E731
+    return [BlockSpec("conv1", "conv", w(16), 2, 1, pool=2), BlockSpec("conv2", "conv", w(32), 2),
+            BlockSpec("conv3", "conv", w(64), 2), BlockSpec("fc1", "linear", w(128))]
+
+
+def mlp(hidden_sizes, width: float = 1.0) -> list[BlockSpec]:
+    return [BlockSpec(f"fc{i + 1}", "linear", max(1, round(n * width)))
+            for i, n in enumerate(hidden_sizes)]
+
+
+def make_spec(net_cfg, observation_space, heads: dict[str, int],
+              head_gains: Optional[dict[str, float]] = None) -> NetworkSpec:
+    shape = tuple(observation_space.shape)
+    arch = net_cfg.arch
+    if arch == "auto":
+        arch = ("mlp" if len(shape) == 1 else
+                "minigrid_cnn" if len(shape) == 3 and shape[-1] == 3 and shape[0] < 16 else
+                "nature_cnn")
+    is_uint8 = observation_space.dtype == "uint8"
+    if arch == "mlp":
+        blocks = mlp(net_cfg.hidden_sizes, net_cfg.width)
+        return NetworkSpec(shape, blocks, heads, head_gains or {},
+                           input_scale=1 / 255 if is_uint8 else 1.0)
+    if len(shape) != 3:
+        raise ValueError(f"network.arch={arch} needs image observations, got shape {shape}")
+    if arch == "minigrid_cnn":
+        # MiniGrid cells hold small integer codes (object <= 10, colour <= 5, state <= 2).
+        return NetworkSpec(shape, minigrid_cnn(shape, net_cfg.width), heads, head_gains or {},
+                           input_scale=0.1, channels_last_input=True)
+    return NetworkSpec(shape, nature_cnn(shape, net_cfg.width), heads, head_gains or {},
+                       input_scale=1 / 255)
+
+
+class Block(nn.Module):
+    def __init__(self, spec: BlockSpec, in_features: int, net: NetworkSpec):
+        super().__init__()
+        self.spec = spec
+        if spec.kind == "conv":
+            self.layer = nn.Conv2d(in_features, spec.out, spec.kernel, spec.stride)
+            self.norm = nn.GroupNorm(1, spec.out) if net.layer_norm else nn.Identity()
+        else:
+            self.layer = nn.Linear(in_features, spec.out)
+            self.norm = nn.LayerNorm(spec.out) if net.layer_norm else nn.Identity()
+        self.crelu = net.activation == "crelu"
+        self.pool = spec.pool
+
+    @property
+    def out_multiplier(self) -> int:
+        """Outputs per unit: CReLU emits relu(x) and relu(-x), doubling the next layer's input."""
+        return 2 if self.crelu else 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.spec.kind == "linear" and x.dim() > 2:
+            x = x.flatten(1)
+        x = self.norm(self.layer(x))
+        if self.crelu:
+            x = torch.cat([F.relu(x), F.relu(-x)], dim=1)
+        else:
+            x = F.relu(x)
+        if self.pool:
+            x = F.max_pool2d(x, self.pool)
+        return x
+
+
+class Network(nn.Module):
+    """Shared torso of named blocks, then one linear head per output."""
+
+    def __init__(self, spec: NetworkSpec):
+        super().__init__()
+        self.spec = spec
+        self.blocks = nn.ModuleDict()
+        probe = self._prepare(torch.zeros((1, *spec.input_shape)))
+        for block_spec in spec.blocks:
+            in_features = probe.shape[1] if not (block_spec.kind == "linear") else (
+                probe.flatten(1).shape[1])
+            block = Block(block_spec, in_features, spec)
+            self.blocks[block_spec.name] = block
+            probe = block(probe)
+        width = probe.flatten(1).shape[1]
+        self.heads = nn.ModuleDict({name: nn.Linear(width, size)
+                                    for name, size in spec.heads.items()})
+        self.reset_parameters()
+
+    # -- initialisation (CleanRL's layer_init: orthogonal weights, zero biases) --------------
+    def init_gain(self, module_name: str) -> float:
+        if module_name.startswith("heads."):
+            return self.spec.head_gains.get(module_name.split(".")[1], 1.0)
+        return self.spec.hidden_gain
+
+    def init_layer_(self, module_name: str, layer: nn.Module,
+                    generator: Optional[torch.Generator] = None) -> None:
+        """Re-draw a layer's weights from its initialiser (used by resets and perturbations)."""
+        nn.init.orthogonal_(layer.weight, self.init_gain(module_name), generator=generator)
+        nn.init.zeros_(layer.bias)
+
+    def reset_parameters(self) -> None:
+        for name, layer in self.weight_layers().items():
+            self.init_layer_(name, layer)
+
+    # -- structure, by name ----------------------------------------------------------------
+    def hidden_layers(self) -> dict[str, nn.Module]:
+        """Hidden block name -> its Conv2d/Linear, in forward order."""
+        return {name: block.layer for name, block in self.blocks.items()}
+
+    def weight_layers(self) -> dict[str, nn.Module]:
+        """Module path -> every Conv2d/Linear (hidden layers and heads)."""
+        layers = {f"blocks.{n}.layer": b.layer for n, b in self.blocks.items()}
+        layers.update({f"heads.{n}": h for n, h in self.heads.items()})
+        return layers
+
+    # -- forward -----------------------------------------------------------------------------
+    def _prepare(self, obs: torch.Tensor) -> torch.Tensor:
+        x = obs.float() * self.spec.input_scale
+        if self.spec.channels_last_input:
+            x = x.permute(0, 3, 1, 2)
+        return x
+
+    def forward(self, obs: torch.Tensor, return_features: bool = False):
+        """Head outputs (name -> tensor); with return_features also each block's activations."""
+        x = self._prepare(obs)
+        features = {}
+        for name, block in self.blocks.items():
+            x = block(x)
+            features[name] = x
+        x = x.flatten(1)
+        outputs = {name: head(x) for name, head in self.heads.items()}
+        return (outputs, features) if return_features else outputs

@@ -1,0 +1,1 @@
+"""Plasticity strategies: one module per family, each registering itself on import."""

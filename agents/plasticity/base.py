@@ -1,0 +1,166 @@
+"""The strategy interface, its registry, and the stack that runs strategies in order.
+
+Every hook is a no-op by default, so a strategy overrides only what its mechanism needs.
+Each strategy declares a settings dataclass; OmegaConf validates user settings against it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from agents.config import ConfigError
+from agents.context import StepContext, TrainContext
+
+OptimizerFactory = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
+STRATEGIES: dict[str, type[Strategy]] = {}
+
+
+@dataclasses.dataclass
+class NoSettings:
+    pass
+
+
+class Strategy:
+    name: str = ""
+    Settings: type = NoSettings
+    paper: str = ""
+    replaces_optimizer = False  # two strategies that both replace the optimizer cannot combine
+    order = 50  # lower runs first in every hook
+
+    def __init__(self, settings):
+        self.settings = settings
+
+    def configure_network(self, spec) -> None:
+        """Edit the NetworkSpec before the network is built."""
+
+    def configure_optimizer(self, factory: OptimizerFactory) -> OptimizerFactory:
+        return factory
+
+    def setup(self, ctx: TrainContext) -> None:
+        """Once, after the network and optimizer exist."""
+
+    def loss_penalty(self, step: StepContext) -> Optional[torch.Tensor]:
+        return None
+
+    def after_optimizer_step(self, step: StepContext) -> None:
+        pass
+
+    def after_update(self, ctx: TrainContext) -> None:
+        """After each agent iteration (PPO: rollout + epochs; DQN: one train step)."""
+
+    def on_task_switch(self, ctx: TrainContext, prev, nxt) -> None:
+        """Between the old task's end and the new task's start (prev/nxt are Segments)."""
+
+    def metrics(self) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def register_strategy(name: str):
+    def decorate(cls):
+        cls.name = name
+        STRATEGIES[name] = cls
+        return cls
+    return decorate
+
+
+class StrategyStack:
+    """Strategies in a defined order; each hook calls all of them."""
+
+    def __init__(self, strategies: list[Strategy]):
+        self.strategies = sorted(strategies, key=lambda s: (s.order, s.name))
+        replacing = [s.name for s in self.strategies if s.replaces_optimizer]
+        if len(replacing) > 1:
+            raise ConfigError(f"strategies {', '.join(replacing)} both replace the optimizer: "
+                              "switch one of them off")
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(s.name for s in self.strategies)
+
+    def configure_network(self, spec) -> None:
+        for s in self.strategies:
+            s.configure_network(spec)
+
+    def configure_optimizer(self, factory: OptimizerFactory) -> OptimizerFactory:
+        for s in self.strategies:
+            factory = s.configure_optimizer(factory)
+        return factory
+
+    def setup(self, ctx: TrainContext) -> None:
+        for s in self.strategies:
+            s.setup(ctx)
+
+    def loss_penalty(self, step: StepContext) -> dict[str, torch.Tensor]:
+        penalties = {}
+        for s in self.strategies:
+            penalty = s.loss_penalty(step)
+            if penalty is not None:
+                penalties[s.name] = penalty
+        return penalties
+
+    def after_optimizer_step(self, step: StepContext) -> None:
+        for s in self.strategies:
+            s.after_optimizer_step(step)
+
+    def after_update(self, ctx: TrainContext) -> None:
+        for s in self.strategies:
+            s.after_update(ctx)
+
+    def on_task_switch(self, ctx: TrainContext, prev, nxt) -> None:
+        for s in self.strategies:
+            s.on_task_switch(ctx, prev, nxt)
+
+    def metrics(self) -> dict[str, float]:
+        return {f"{s.name}/{k}": v for s in self.strategies for k, v in s.metrics().items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {s.name: s.state_dict() for s in self.strategies}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for s in self.strategies:
+            s.load_state_dict(state.get(s.name, {}))
+
+
+def build_strategies(plasticity_cfg, agent: str = "ppo") -> StrategyStack:
+    """From the config's `plasticity:` mapping (name -> settings; null switches one off)."""
+    import agents.plasticity  # noqa: F401  (registers the catalogue)
+
+    strategies = []
+    items = plasticity_cfg.items() if plasticity_cfg is not None else []
+    for name, settings in items:
+        if settings is None:
+            continue
+        if name not in STRATEGIES:
+            raise ConfigError(f"unknown strategy '{name}' (known: {', '.join(sorted(STRATEGIES))})")
+        cls = STRATEGIES[name]
+        try:
+            schema = OmegaConf.structured(cls.Settings)
+            if isinstance(settings, (DictConfig, dict)):
+                merged = OmegaConf.merge(schema, settings)
+            else:
+                raise ConfigError(f"plasticity.{name}: expected a mapping of settings or {{}}, "
+                                  f"got {settings!r}")
+        except OmegaConfBaseException as exc:
+            fields = ", ".join(f.name for f in dataclasses.fields(cls.Settings)) or "none"
+            detail = str(exc).splitlines()[0]
+            raise ConfigError(f"plasticity.{name}: {detail} (settings: {fields})") from None
+        strategies.append(cls(OmegaConf.to_object(merged)))
+    return StrategyStack(strategies)
+
+
+def strategy_set_name(plasticity_cfg) -> str:
+    """The sorted names of the active strategies, joined with '+' ('none' if empty)."""
+    names = sorted(k for k, v in (plasticity_cfg or {}).items() if v is not None)
+    return "+".join(names) if names else "none"

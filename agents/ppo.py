@@ -1,0 +1,204 @@
+"""PPO, faithful to CleanRL's ppo_atari: GAE, clipped objective and value loss, entropy bonus,
+advantage normalisation, gradient clipping, minibatches x epochs, optional LR annealing.
+
+Differences on purpose: rollouts may be shortened so a task switch lands on its exact step, and
+every gradient step goes through the shared `Learner.optimize` (strategies hook in there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.distributions import Categorical
+
+from agents.context import StepContext
+from agents.learner import Learner
+from agents.networks import make_spec
+
+
+@dataclass
+class RolloutBatch:
+    """A flat batch of transitions with everything PPO's loss needs."""
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    logprobs: torch.Tensor
+    values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.actions.shape[0]
+
+    def index(self, idx) -> RolloutBatch:
+        return RolloutBatch(*(getattr(self, f)[idx] for f in self.__dataclass_fields__))
+
+
+def compute_gae(rewards, values, dones, next_value, next_done, gamma: float, lam: float):
+    """Generalised advantage estimates over (T, N) tensors, as CleanRL computes them.
+
+    dones[t] marks that obs[t] starts a new episode (the previous step ended one).
+    """
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros_like(next_value)
+    steps = rewards.shape[0]
+    for t in reversed(range(steps)):
+        if t == steps - 1:
+            nonterminal, next_values = 1.0 - next_done, next_value
+        else:
+            nonterminal, next_values = 1.0 - dones[t + 1], values[t + 1]
+        delta = rewards[t] + gamma * next_values * nonterminal - values[t]
+        last = delta + gamma * lam * nonterminal * last
+        advantages[t] = last
+    return advantages, advantages + values
+
+
+class PPO:
+    kind = "ppo"
+
+    def __init__(self, cfg, observation_space, action_space, strategies, device,
+                 reward_transform=None, total_steps: int = 1):
+        self.cfg = cfg.ppo
+        self.num_envs = cfg.env.num_envs
+        self.device = device
+        self.total_steps = total_steps
+        self.reward_transform = reward_transform
+        spec = make_spec(cfg.network, observation_space,
+                         heads={"policy": int(action_space.n), "value": 1},
+                         head_gains={"policy": 0.01, "value": 1.0})
+        self.learner = Learner(spec, strategies, dict(agent=self.kind, seed=cfg.seed),
+                               self.cfg.learning_rate, self.cfg.adam_eps,
+                               self.cfg.max_grad_norm, device)
+        self.network = self.learner.network
+        self.ctx = self.learner.ctx
+        self.ctx.sample_obs = self._sample_recent_obs
+        self.learner.setup()
+        self.last_batch: RolloutBatch | None = None
+
+    # -- acting ------------------------------------------------------------------------------
+    def begin_task(self, envs, seed: int) -> None:
+        obs, _ = envs.reset(seed=seed)
+        self.envs = envs
+        self.next_obs = torch.as_tensor(obs, device=self.device)
+        self.next_done = torch.zeros(self.num_envs, device=self.device)
+
+    @torch.no_grad()
+    def rollout(self, envs, obs, done, num_steps: int, on_step=None):
+        """Collect num_steps per env with the current policy; returns (batch, obs, done)."""
+        n = obs.shape[0]
+        store = dict(
+            obs=torch.empty((num_steps, *obs.shape), dtype=obs.dtype, device=self.device),
+            actions=torch.empty((num_steps, n), dtype=torch.long, device=self.device),
+            logprobs=torch.empty((num_steps, n), device=self.device),
+            rewards=torch.empty((num_steps, n), device=self.device),
+            dones=torch.empty((num_steps, n), device=self.device),
+            values=torch.empty((num_steps, n), device=self.device),
+        )
+        for t in range(num_steps):
+            store["obs"][t], store["dones"][t] = obs, done
+            out = self.network(obs)
+            dist = Categorical(logits=out["policy"])
+            action = dist.sample()
+            store["actions"][t], store["logprobs"][t] = action, dist.log_prob(action)
+            store["values"][t] = out["value"].squeeze(-1)
+            next_obs, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
+            if on_step is not None:
+                on_step(t, info)
+            if self.reward_transform is not None:
+                reward = self.reward_transform(reward)
+            store["rewards"][t] = torch.as_tensor(reward, device=self.device)
+            obs = torch.as_tensor(next_obs, device=self.device)
+            done = torch.as_tensor(np.logical_or(terminated, truncated), device=self.device,
+                                   dtype=torch.float32)
+        next_value = self.network(obs)["value"].squeeze(-1)
+        advantages, returns = compute_gae(store["rewards"], store["values"], store["dones"],
+                                          next_value, done, self.cfg.gamma, self.cfg.gae_lambda)
+        flat = lambda x: x.reshape(num_steps * n, *x.shape[2:])  # noqa: E731
+        batch = RolloutBatch(flat(store["obs"]), flat(store["actions"]), flat(store["logprobs"]),
+                             flat(store["values"]), flat(advantages), flat(returns))
+        return batch, obs, done
+
+    def _sample_recent_obs(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        if self.last_batch is None:
+            raise RuntimeError("no rollout collected yet on this task")
+        idx = torch.randint(len(self.last_batch), (n,), generator=generator)
+        return self.last_batch.obs[idx.to(self.last_batch.obs.device)]
+
+    # -- learning ----------------------------------------------------------------------------
+    def loss(self, batch: RolloutBatch, forward):
+        """PPO's clipped objective; forward(obs) -> (outputs, features). Also returns stats."""
+        outputs, features = forward(batch.obs)
+        dist = Categorical(logits=outputs["policy"])
+        newlogprob = dist.log_prob(batch.actions)
+        entropy = dist.entropy().mean()
+        logratio = newlogprob - batch.logprobs
+        ratio = logratio.exp()
+        advantages = batch.advantages
+        if self.cfg.norm_adv and len(batch) > 1:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        clip = self.cfg.clip_coef
+        pg_loss = torch.max(-advantages * ratio,
+                            -advantages * ratio.clamp(1 - clip, 1 + clip)).mean()
+        value = outputs["value"].squeeze(-1)
+        v_loss = (value - batch.returns) ** 2
+        if self.cfg.clip_vloss:
+            v_clipped = batch.values + (value - batch.values).clamp(-clip, clip)
+            v_loss = torch.max(v_loss, (v_clipped - batch.returns) ** 2)
+        v_loss = 0.5 * v_loss.mean()
+        loss = pg_loss - self.cfg.ent_coef * entropy + self.cfg.vf_coef * v_loss
+        with torch.no_grad():
+            stats = {"losses/policy_loss": pg_loss, "losses/value_loss": v_loss,
+                     "losses/entropy": entropy,
+                     "losses/old_approx_kl": (-logratio).mean(),
+                     "losses/approx_kl": ((ratio - 1) - logratio).mean(),
+                     "losses/clipfrac": ((ratio - 1.0).abs() > clip).float().mean()}
+        return loss, stats, outputs, features
+
+    def update(self, batch: RolloutBatch, generator: torch.Generator) -> dict:
+        forward = lambda obs: self.network(obs, return_features=True)  # noqa: E731
+        num_mb = min(self.cfg.num_minibatches, len(batch))
+        totals: dict[str, torch.Tensor] = {}
+        count = 0
+        for _ in range(self.cfg.update_epochs):
+            order = torch.randperm(len(batch), generator=generator).to(self.device)
+            for mb_idx in order.tensor_split(num_mb):
+                mb = batch.index(mb_idx)
+                loss, stats, outputs, features = self.loss(mb, forward)
+                stats.update(self.learner.optimize(
+                    StepContext(self.ctx, mb.obs, loss, outputs, features)))
+                for k, v in stats.items():
+                    totals[k] = totals.get(k, 0) + v.detach()
+                count += 1
+            if self.cfg.target_kl is not None and stats["losses/approx_kl"] > self.cfg.target_kl:
+                break
+        # CleanRL logs the last minibatch's numbers; the epoch means are less noisy.
+        means = {k: v / count for k, v in totals.items()}
+        values, returns = batch.values, batch.returns
+        var_y = returns.var()
+        means["losses/explained_variance"] = (
+            1 - (returns - values).var() / var_y if var_y > 0 else torch.tensor(float("nan")))
+        return means
+
+    def train_iteration(self, max_steps: int, logger, task_name: str,
+                        generator: torch.Generator) -> int:
+        """One rollout (shortened to end at max_steps) and one PPO update; returns env steps."""
+        num_steps = min(self.cfg.num_steps, max_steps // self.num_envs)
+        if self.cfg.anneal_lr:
+            frac = 1.0 - self.ctx.global_step / self.total_steps
+            self.learner.set_learning_rate(frac * self.cfg.learning_rate)
+        step0 = self.ctx.global_step
+
+        def on_step(t, info):
+            logger.episodes(info, step0 + (t + 1) * self.num_envs, task_name)
+
+        batch, self.next_obs, self.next_done = self.rollout(
+            self.envs, self.next_obs, self.next_done, num_steps, on_step)
+        self.last_batch = batch
+        self.ctx.global_step += num_steps * self.num_envs
+        stats = self.update(batch, generator)
+        stats["charts/learning_rate"] = self.learner.optimizer.param_groups[0]["lr"]
+        self.learner.after_update()
+        logger.scalars(stats, self.ctx.global_step)
+        return num_steps * self.num_envs

@@ -1,0 +1,116 @@
+"""Atari tasks: ALE game modes, difficulties and game cycles, with ALE v5 preprocessing.
+
+Two backends give the same observation layout (frame_stack, 84, 84) uint8:
+- `ale_vector`: ale-py's AtariVectorEnv (C++ threads, built-in preprocessing), ~3.5x faster here,
+  but it cannot select a game mode or difficulty;
+- `gymnasium`: AtariEnv + AtariPreprocessing + FrameStackObservation in a SyncVectorEnv, which
+  serves every mode, difficulty and shift wrapper.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import ale_py
+import gymnasium as gym
+import numpy as np
+from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
+
+from agents.config import ConfigError
+from envs.tasks import TaskSpec
+from envs.wrappers import FireReset, apply_shifts
+
+gym.register_envs(ale_py)
+ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)  # no banner on stderr
+
+FULL_ACTION_SPACE = 18
+
+
+@cache
+def game_info(env_id: str) -> tuple[str, tuple[int, ...], tuple[int, ...], tuple[str, ...]]:
+    """(rom name, valid modes, valid difficulties, minimal action meanings) of an ALE game."""
+    try:
+        env = gym.make(env_id, frameskip=1)
+    except gym.error.Error as exc:
+        raise ConfigError(f"unknown Atari env '{env_id}': {exc}") from None
+    ale = env.unwrapped.ale
+    info = (env.spec.kwargs["game"], tuple(int(m) for m in ale.getAvailableModes()),
+            tuple(int(d) for d in ale.getAvailableDifficulties()),
+            tuple(env.unwrapped.get_action_meanings()))
+    env.close()
+    return info
+
+
+def check_task(task: TaskSpec) -> None:
+    """A mode or difficulty the game lacks is a clear error listing the valid ones."""
+    _, modes, difficulties, _ = game_info(task.env_id)
+    for key, valid in (("mode", modes), ("difficulty", difficulties)):
+        value = task.kwargs.get(key)
+        if value is not None and value not in valid:
+            raise ConfigError(
+                f"task '{task.name}': {task.env_id} has no {key} {value} "
+                f"(valid {key}s: {', '.join(map(str, valid))})"
+            )
+    unknown = set(task.kwargs) - {"mode", "difficulty"}
+    if unknown:
+        raise ConfigError(f"task '{task.name}': unknown Atari kwargs {sorted(unknown)} "
+                          "(allowed: mode, difficulty)")
+
+
+def full_action_space_needed(tasks: list[TaskSpec], env_cfg) -> bool:
+    if env_cfg.full_action_space is not None:
+        return bool(env_cfg.full_action_space)
+    return len({game_info(t.env_id)[0] for t in tasks}) > 1
+
+
+def make_single(task: TaskSpec, env_cfg, full_action_space: bool) -> gym.Env:
+    """One preprocessed Atari env (gymnasium backend); also what check_env inspects."""
+    env = gym.make(
+        task.env_id, frameskip=1, repeat_action_probability=env_cfg.sticky_actions,
+        full_action_space=full_action_space,
+        max_num_frames_per_episode=env_cfg.max_episode_frames, **task.kwargs,
+    )
+    env = AtariPreprocessing(
+        env, noop_max=env_cfg.noop_max, frame_skip=env_cfg.frame_skip,
+        screen_size=env_cfg.screen_size, terminal_on_life_loss=env_cfg.episodic_life,
+        grayscale_obs=True, scale_obs=False,
+    )
+    if env_cfg.fire_reset and "FIRE" in env.unwrapped.get_action_meanings():
+        env = FireReset(env)
+    env = FrameStackObservation(env, env_cfg.frame_stack)
+    return apply_shifts(env, task)
+
+
+def uses_ale_vector(task: TaskSpec, env_cfg) -> bool:
+    plain = not task.kwargs and task.permute_obs is None and task.permute_actions is None
+    if env_cfg.backend == "ale_vector" and not plain:
+        raise ConfigError(
+            f"task '{task.name}': env.backend=ale_vector cannot set a mode, difficulty or "
+            "permutation; use env.backend=auto or gymnasium"
+        )
+    # episodic_life on the C++ backend would end the recorded episode at every life loss.
+    return env_cfg.backend == "ale_vector" or (
+        env_cfg.backend == "auto" and plain and not env_cfg.episodic_life
+    )
+
+
+def make_vector(task: TaskSpec, env_cfg, num_envs: int, full_action_space: bool):
+    if uses_ale_vector(task, env_cfg):
+        rom = game_info(task.env_id)[0]
+        return ale_py.vector_env.AtariVectorEnv(
+            rom, num_envs, num_threads=0, repeat_action_probability=env_cfg.sticky_actions,
+            full_action_space=full_action_space, autoreset_mode="SameStep",
+            img_height=env_cfg.screen_size, img_width=env_cfg.screen_size,
+            stack_num=env_cfg.frame_stack, frameskip=env_cfg.frame_skip,
+            noop_max=env_cfg.noop_max, episodic_life=env_cfg.episodic_life,
+            reward_clipping=False, use_fire_reset=env_cfg.fire_reset,
+            max_num_frames_per_episode=env_cfg.max_episode_frames,
+        )
+    return gym.vector.SyncVectorEnv(
+        [lambda: make_single(task, env_cfg, full_action_space) for _ in range(num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+
+
+def reward_transform(env_cfg):
+    return np.sign if env_cfg.clip_rewards else None

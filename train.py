@@ -1,0 +1,86 @@
+"""pliable's command line.
+
+    python train.py [CONFIG.yaml] [dotted.key=value ...]     (the same as `pliable train ...`)
+    pliable <command> ...                                    (train, strategies, ...)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+TRAIN_EPILOG = """\
+CONFIG is a YAML file, or the name of one in configs/ (default: configs/minigrid_ppo.yaml).
+Overrides are dotted keys of the config, applied after the file, type-checked:
+  python train.py configs/minigrid_ppo.yaml ppo.learning_rate=1e-4 seed=3
+  python train.py configs/atari_modes_ppo.yaml plasticity.l2.coef=1e-4 plasticity.redo={}
+Runs are written to runs/<exp_name>/<strategies>__s<seed>__<time>/ (config.yaml, TensorBoard
+events, status.json); an existing run directory is never overwritten.
+"""
+
+
+def train_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pliable train", description="Train an agent on a task sequence.",
+        epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", nargs="?", help="YAML config file (or a name in configs/)")
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config and exit")
+    return parser
+
+
+def split_config_arg(args) -> tuple[str | None, list[str]]:
+    """`python train.py seed=3` has no config file: the first positional is an override."""
+    if args.config is not None and "=" in args.config:
+        return None, [args.config, *args.overrides]
+    return args.config, list(args.overrides)
+
+
+def train(argv: list[str]) -> int:
+    args = train_parser().parse_args(argv)
+    from agents.config import load_config, to_yaml
+    from agents.train import run_training
+
+    path, overrides = split_config_arg(args)
+    cfg = load_config(path, overrides)
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return 0
+    return run_training(cfg)
+
+
+COMMANDS = {"train": train}
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """Entry point of the `pliable` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print("usage: pliable {" + ",".join(COMMANDS) + "} ...\n\n"
+              "  train       train an agent on a task sequence (pliable train --help)",
+              file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"error: unknown command '{argv[0]}'", file=sys.stderr)
+            return 2
+        return 0
+    return guarded(COMMANDS[argv[0]], argv[1:])
+
+
+def guarded(command, argv: list[str]) -> int:
+    """Bad input -> one line on stderr and exit status 2, never a traceback."""
+    from agents.config import ConfigError
+
+    try:
+        return command(argv)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def main() -> None:
+    sys.exit(guarded(train, sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
