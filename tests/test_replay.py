@@ -158,8 +158,8 @@ def test_returns_exactly_what_was_stored(layout, n_step, steps):
         assert np.array_equal(batch["bootstrap_obs"][row], last.next_obs)
         n_step_return = sum(gamma**j * t.reward for j, t in enumerate(window))
         assert batch["returns"][row] == pytest.approx(n_step_return, rel=1e-5)
-        expected = 0 if last.terminated else gamma ** len(window)
-        assert batch["discounts"][row] == pytest.approx(expected)
+        discount = 0 if last.terminated else gamma ** len(window)
+        assert batch["discounts"][row] == pytest.approx(discount)
     assert batch["obs"].dtype == np.uint8 and batch["actions"].dtype == np.int64
 
 
