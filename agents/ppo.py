@@ -120,6 +120,17 @@ class PPO:
                              flat(store["values"]), flat(advantages), flat(returns))
         return batch, obs, done
 
+    def probe_batch(self, envs, num_steps: int, seed: int) -> RolloutBatch:
+        """A fresh batch from `envs` with the current policy, leaving training untouched
+        (own seed, global RNG restored, no counters moved): what the spectral monitor measures."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            obs, _ = envs.reset(seed=seed)
+            obs = torch.as_tensor(obs, device=self.device)
+            done = torch.zeros(obs.shape[0], device=self.device)
+            batch, _, _ = self.rollout(envs, obs, done, num_steps)
+        return batch
+
     def _sample_recent_obs(self, n: int, generator: torch.Generator) -> torch.Tensor:
         if self.last_batch is None:
             raise RuntimeError("no rollout collected yet on this task")
