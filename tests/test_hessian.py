@@ -1,0 +1,222 @@
+"""Hessian/GGN spectra against dense float64 matrices from torch.func on small nets."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from analysis.hessian import (
+    GGNOperator,
+    HessianOperator,
+    SymmetricOperator,
+    density_mass_above,
+    epsilon_rank,
+    flatten_params,
+    gaussian_density,
+    ggn_top_eigenvalues,
+    hessian_trace,
+    negative_curvature_fraction,
+    operator_top_eigenvalues,
+    spectral_density,
+    spectral_effective_rank,
+    tau_trainability,
+    top_eigenvalues,
+    unflatten_params,
+)
+
+BATCH, IN, HIDDEN, OUT = 32, 8, 16, 4  # 212 parameters: more than the 60 Lanczos steps
+
+
+def _dtype_of(params):
+    return next(iter(params.values())).dtype
+
+
+def make_problem(loss_name: str, seed: int = 0):
+    """A tanh MLP, its parameters and a loss closure that follows the parameters' dtype."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(IN, HIDDEN), nn.Tanh(), nn.Linear(HIDDEN, OUT))
+    x = torch.randn(BATCH, IN, generator=generator)
+    labels = torch.randint(0, OUT, (BATCH,), generator=generator)
+    targets = torch.randn(BATCH, OUT, generator=generator)
+    losses = {
+        "cross_entropy": lambda out, dt: F.cross_entropy(out, labels),
+        "mse_builtin": lambda out, dt: F.mse_loss(out, targets.to(dt)),
+        "mse_by_hand": lambda out, dt: ((out - targets.to(dt)) ** 2).mean(),
+    }
+    loss_on_outputs = losses[loss_name]
+
+    def output_fn(params):
+        return torch.func.functional_call(model, params, (x.to(_dtype_of(params)),))
+
+    def loss_fn(params):
+        return loss_on_outputs(output_fn(params), _dtype_of(params))
+
+    return model, dict(model.named_parameters()), output_fn, loss_on_outputs, loss_fn
+
+
+def dense_hessian_of(fn):
+    """``torch.func.hessian`` as reverse-over-reverse: same matrix, without the seconds-long
+    one-off load of forward-mode decompositions."""
+    return torch.func.jacrev(torch.func.jacrev(fn))
+
+
+def dense_hessian(loss_fn, params) -> torch.Tensor:
+    like = {name: p.detach().double() for name, p in params.items()}
+    flat = flatten_params(like)
+    return dense_hessian_of(lambda v: loss_fn(unflatten_params(v, like)))(flat)
+
+
+def dense_ggn(output_fn, loss_on_outputs, params) -> torch.Tensor:
+    like = {name: p.detach().double() for name, p in params.items()}
+    flat = flatten_params(like)
+    outputs = output_fn(like)
+    jacobian = torch.func.jacrev(lambda v: output_fn(unflatten_params(v, like)))(flat)
+    jacobian = jacobian.reshape(outputs.numel(), -1)
+    output_hessian = dense_hessian_of(lambda o: loss_on_outputs(o, torch.float64))(outputs)
+    output_hessian = output_hessian.reshape(outputs.numel(), outputs.numel())
+    return jacobian.T @ output_hessian @ jacobian
+
+
+def descending_eigenvalues(matrix: torch.Tensor) -> np.ndarray:
+    return torch.linalg.eigvalsh(matrix).flip(0).numpy()
+
+
+LOSSES = ["cross_entropy", "mse_builtin", "mse_by_hand"]
+
+
+@pytest.mark.parametrize("loss_name", LOSSES)
+def test_hessian_vector_products_match_dense(loss_name):
+    _, params, _, _, loss_fn = make_problem(loss_name)
+    hessian = dense_hessian(loss_fn, params)
+    operator = HessianOperator(loss_fn, params, dtype=torch.float64)
+    v = torch.randn(operator.dim, dtype=torch.float64)
+    torch.testing.assert_close(operator.matvec(v), hessian @ v, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["lanczos", "eigsh"])
+@pytest.mark.parametrize("loss_name", LOSSES)
+def test_top_eigenvalues_match_dense_float64(loss_name, method):
+    _, params, _, _, loss_fn = make_problem(loss_name)
+    expected = descending_eigenvalues(dense_hessian(loss_fn, params))[:5]
+    found = top_eigenvalues(loss_fn, params, k=5, method=method, tol=1e-10, dtype=torch.float64)
+    np.testing.assert_allclose(found, expected, rtol=1e-4)
+
+
+def test_top_eigenvalues_float32_default_is_close():
+    _, params, _, _, loss_fn = make_problem("cross_entropy")
+    expected = descending_eigenvalues(dense_hessian(loss_fn, params))[:3]
+    np.testing.assert_allclose(top_eigenvalues(loss_fn, params, k=3), expected, rtol=1e-3)
+
+
+class DiagonalOperator(SymmetricOperator):
+    def __init__(self, diagonal):
+        self.diagonal = torch.as_tensor(diagonal, dtype=torch.float64)
+        self.dim, self.dtype, self.device = len(diagonal), torch.float64, torch.device("cpu")
+
+    def matvec(self, vector):
+        return self.diagonal * vector
+
+
+@pytest.mark.parametrize("method", ["lanczos", "eigsh"])
+def test_repeated_eigenvalues_are_found_with_multiplicity(method):
+    # One Krylov space sees a repeated eigenvalue once; Lanczos must restart to find the copies.
+    diagonal = [5.0, 5.0, 5.0, 3.0, -7.0] + [0.0] * 40 + list(np.linspace(0.1, 1.0, 20))
+    found = operator_top_eigenvalues(DiagonalOperator(diagonal), k=4, method=method, tol=1e-10)
+    np.testing.assert_allclose(found, [5.0, 5.0, 5.0, 3.0], rtol=1e-8)
+
+
+@pytest.mark.parametrize("loss_name", ["cross_entropy", "mse_builtin"])
+def test_ggn_matches_dense_jacobian_product(loss_name):
+    _, params, output_fn, loss_on_outputs, _ = make_problem(loss_name)
+    ggn = dense_ggn(output_fn, loss_on_outputs, params)
+
+    def loss_on(outputs):
+        return loss_on_outputs(outputs, outputs.dtype)
+
+    operator = GGNOperator(output_fn, loss_on, params, dtype=torch.float64)
+    v = torch.randn(operator.dim, dtype=torch.float64)
+    torch.testing.assert_close(operator.matvec(v), ggn @ v, rtol=1e-10, atol=1e-12)
+    found = ggn_top_eigenvalues(output_fn, loss_on, params, k=5, dtype=torch.float64)
+    np.testing.assert_allclose(found, descending_eigenvalues(ggn)[:5], rtol=1e-4)
+
+
+def test_hessian_trace_is_unbiased_within_five_standard_errors():
+    _, params, _, _, loss_fn = make_problem("cross_entropy")
+    hessian = dense_hessian(loss_fn, params)
+    # Rademacher Hutchinson: Var[z^T H z] = 2 (||H||_F^2 - sum_i H_ii^2).
+    variance = 2 * ((hessian**2).sum() - (hessian.diagonal() ** 2).sum())
+    num_probes = 200
+    tolerance = 5 * float(variance.sqrt()) / np.sqrt(num_probes)
+    estimate = hessian_trace(loss_fn, params, num_probes=num_probes, dtype=torch.float64)
+    assert abs(estimate - float(hessian.trace())) < tolerance
+
+
+def test_hessian_trace_is_deterministic_given_the_seed():
+    _, params, _, _, loss_fn = make_problem("mse_by_hand")
+    first = hessian_trace(loss_fn, params, num_probes=5, seed=3)
+    assert hessian_trace(loss_fn, params, num_probes=5, seed=3) == first
+    assert hessian_trace(loss_fn, params, num_probes=5, seed=4) != first
+
+
+def test_spectral_density_is_a_quadrature_of_the_dense_spectrum():
+    _, params, _, _, loss_fn = make_problem("cross_entropy")
+    hessian = dense_hessian(loss_fn, params)
+    eigenvalues = descending_eigenvalues(hessian)
+    dim = hessian.shape[0]
+    nodes, weights = spectral_density(
+        loss_fn, params, num_probes=8, num_steps=30, seed=1, dtype=torch.float64
+    )
+    assert weights.sum() == pytest.approx(1.0, abs=1e-12)
+    assert np.all(weights >= 0)
+    slack = 1e-9 * abs(eigenvalues).max()
+    assert nodes.min() >= eigenvalues[-1] - slack and nodes.max() <= eigenvalues[0] + slack
+    # The first moment is Hutchinson's estimate on the same probes, divided by the dimension.
+    same_probes = hessian_trace(loss_fn, params, num_probes=8, seed=1, dtype=torch.float64)
+    assert np.sum(weights * nodes) * dim == pytest.approx(same_probes, rel=1e-9)
+    # The largest Ritz value converges to lambda_max within 30 steps.
+    assert nodes.max() == pytest.approx(eigenvalues[0], rel=1e-6)
+
+
+def test_gaussian_density_integrates_to_one():
+    nodes, weights = np.array([-1.0, 0.0, 2.0]), np.array([0.2, 0.5, 0.3])
+    grid, density = gaussian_density(nodes, weights, num_points=4001)
+    assert np.sum(density) * (grid[1] - grid[0]) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_spectrum_summaries_on_known_spectra():
+    assert epsilon_rank(np.array([10.0, 5.0, 0.05, -1.0]), eps=0.01) == 2
+    assert spectral_effective_rank(np.array([2.0, -2.0, 2.0])) == pytest.approx(3.0)
+    assert spectral_effective_rank(np.array([4.0, 0.0, 0.0])) == pytest.approx(1.0)
+    nodes, weights = np.array([-0.5, 0.0, 0.01, 1.0, 10.0]), np.array([0.1, 0.4, 0.2, 0.2, 0.1])
+    assert negative_curvature_fraction(nodes, weights) == pytest.approx(0.1)
+    near_zero = np.array([-1e-6, 10.0])
+    assert negative_curvature_fraction(near_zero, np.array([0.9, 0.1])) == 0.0
+    assert negative_curvature_fraction(near_zero, np.array([0.9, 0.1]), rtol=0) == 0.9
+    assert density_mass_above(nodes, weights, 0.5) == pytest.approx(0.3)
+    assert tau_trainability(nodes, weights, tau=0.05) == pytest.approx(0.3)  # above 0.5
+    assert tau_trainability(nodes, weights, tau=0.005, relative=False) == pytest.approx(0.5)
+    assert tau_trainability(nodes, weights, tau=0.05, lambda_max=100.0) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_monitor_calls_leave_model_untouched(training):
+    model, params, output_fn, loss_on_outputs, loss_fn = make_problem("mse_builtin")
+    model.train(training)
+    before = {name: p.detach().clone() for name, p in params.items()}
+
+    def loss_on(outputs):
+        return loss_on_outputs(outputs, outputs.dtype)
+
+    with torch.no_grad():  # the monitor may be called from inside no_grad
+        top_eigenvalues(loss_fn, params, k=3, num_steps=10)
+    top_eigenvalues(loss_fn, params, k=3, method="eigsh")
+    hessian_trace(loss_fn, params, num_probes=2)
+    spectral_density(loss_fn, params, num_probes=2, num_steps=5)
+    ggn_top_eigenvalues(output_fn, loss_on, params, k=3, num_steps=10, dtype=torch.float64)
+    assert model.training is training
+    for name, p in model.named_parameters():
+        assert p.grad is None
+        assert p.dtype == torch.float32
+        assert torch.equal(p, before[name])
