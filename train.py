@@ -50,7 +50,29 @@ def train(argv: list[str]) -> int:
     return run_training(cfg)
 
 
-COMMANDS = {"train": train}
+def strategies(argv: list[str]) -> int:
+    """`pliable strategies`: every plasticity strategy with its settings, defaults and paper."""
+    from agents.plasticity import describe_strategies
+
+    print(describe_strategies(), end="")
+    return 0
+
+
+def bench(argv: list[str]) -> int:
+    """`pliable bench`: run a benchmark grid on Ray (analysis/bench.py)."""
+    from analysis.bench import main as bench_main
+
+    return bench_main(argv)
+
+
+def report(argv: list[str]) -> int:
+    """`pliable report`: tables, statistics and plots from a runs directory (analysis/report.py)."""
+    from analysis.report import main as report_main
+
+    return report_main(argv)
+
+
+COMMANDS = {"train": train, "strategies": strategies, "bench": bench, "report": report}
 
 
 def cli(argv: list[str] | None = None) -> int:
@@ -58,7 +80,10 @@ def cli(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print("usage: pliable {" + ",".join(COMMANDS) + "} ...\n\n"
-              "  train       train an agent on a task sequence (pliable train --help)",
+              "  train       train an agent on a task sequence (pliable train --help)\n"
+              "  strategies  list the plasticity strategies, their settings and papers\n"
+              "  bench       run a grid of strategy sets x sequences x seeds on Ray\n"
+              "  report      tables, robust statistics and plots from a runs directory",
               file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         if argv and argv[0] not in ("-h", "--help"):
             print(f"error: unknown command '{argv[0]}'", file=sys.stderr)

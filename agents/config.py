@@ -83,13 +83,74 @@ class PPOConfig:
 
 
 @dataclass
+class DQNConfig:
+    # CleanRL dqn_atari defaults
+    learning_rate: float = 1e-4
+    buffer_size: int = 1_000_000  # transitions (frame slots: ~7 KB each on Atari)
+    gamma: float = 0.99
+    tau: float = 1.0  # target update: 1 copies the online network, < 1 is Polyak averaging
+    target_network_frequency: int = 1000  # env steps between target updates
+    batch_size: int = 32
+    start_e: float = 1.0
+    end_e: float = 0.01
+    exploration_fraction: float = 0.1  # of the run's env steps (each task's, if restarted)
+    learning_starts: int = 80_000  # transitions stored since the buffer was empty, before training
+    train_frequency: int = 4  # env steps between train steps
+    loss: str = "mse"  # mse (CleanRL) | huber (Nature DQN)
+    max_grad_norm: Optional[float] = None  # CleanRL's DQN does not clip
+    adam_eps: float = 1e-8
+    # plasticity-research options
+    double_dqn: bool = False
+    n_step: int = 1
+    replay_ratio: float = 0.25  # gradient updates per env step (CleanRL: 1 per train_frequency)
+    restart_epsilon_at_switch: bool = False
+    flush_buffer_at_switch: bool = False
+    sync_target_at_switch: bool = True
+    log_every: int = 1000  # env steps per train_iteration (losses averaged, logged once)
+
+
+@dataclass
+class CheckpointConfig:
+    """Checkpoints in RUN_DIR/checkpoints/ (agents/checkpoint.py): what `--resume` continues from."""
+
+    every: int = 100_000  # env steps between periodic checkpoints (0: only at switches and the end)
+    keep_last: int = 2  # periodic checkpoints kept (switch and final ones are always kept)
+    save_replay: bool = True  # DQN: include the replay buffer (needed for an exact resume)
+    at_switch: bool = True  # a checkpoint at every task start (switch_###.pt: `pliable spectrum`)
+
+
+@dataclass
 class MonitorConfig:
+    """The spectral monitor (analysis/monitor.py): Hessian spectrum of the agent's own loss at every
+    task boundary, on the old task's last batch (`pre`) and on a fresh batch of the new task
+    before any update (`post`); feature metrics every `metrics_every` updates. Observes only."""
+
     enabled: bool = False
+    batch_size: int = 256  # samples per measured batch (a seeded subsample; a probe rollout)
+    top_k: int = 20  # Hessian eigenvalues, algebraically largest first
+    method: str = "lanczos"  # lanczos (fixed steps, full re-orthogonalisation) | eigsh (ARPACK)
+    lanczos_steps: int = 80  # Hessian-vector products for the top-k (>= top_k; method=lanczos)
+    eigsh_tol: float = 1e-3  # relative residual of each Ritz pair (method=eigsh)
+    density_probes: int = 3  # spectral density by stochastic Lanczos quadrature:
+    density_steps: int = 30  # density_probes x density_steps Hessian-vector products
+    trace_probes: int = 20  # Hutchinson probes for the trace
+    eps: float = 0.01  # ε-rank: top-k eigenvalues above eps·λmax
+    tau: float = 0.01  # τ-trainability: share of the density above tau·λmax
+    ggn: bool = True  # Gauss-Newton top-k (same method as the Hessian's)
+    ggn_steps: int = 50  # its Lanczos steps (>= top_k): its top 20 converge faster than H's
+    kfac: bool = True  # KFAC factors of every layer: ranks, the λ(A)·μ(G) spectrum
+    jacobians: bool = True  # plasticity/*: singular values of each block's input-output Jacobian
+    ntk: bool = True  # plasticity/*: rank of the empirical NTK Gram matrix on ntk_samples obs
+    ntk_samples: int = 32
+    every_steps: int = 0  # also measure every N env steps (0: only at task boundaries)
+    metrics_every: int = 500  # gradient updates between plasticity/* metrics (0: never)
+    float64: bool = False  # Hessian products in double precision (~2x slower)
+    seed: int = 0  # the monitor's own RNG: subsamples, probe rollouts, Lanczos starts
 
 
 @dataclass
 class Config:
-    agent: str = "ppo"  # ppo
+    agent: str = "ppo"  # ppo | dqn
     seed: int = 1
     device: str = "cpu"  # cpu | cuda | cuda:N
     torch_threads: int = 0  # 0: leave torch's default
@@ -101,29 +162,35 @@ class Config:
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    dqn: DQNConfig = field(default_factory=DQNConfig)
     plasticity: dict[str, Any] = field(default_factory=dict)  # strategy name -> settings
+    strategy_set: str = ""  # label of `plasticity` in reports; "": its active names, "+"-joined
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
 CHOICES = {
-    "agent": ("ppo",),
+    "agent": ("ppo", "dqn"),
+    "dqn.loss": ("mse", "huber"),
     "env.backend": ("auto", "gymnasium", "ale_vector"),
     "network.arch": ("auto", "nature_cnn", "minigrid_cnn", "mlp"),
+    "monitor.method": ("lanczos", "eigsh"),
     "sequence.order": ("fixed", "shuffled"),
 }
 POSITIVE_INTS = (
     "env.num_envs", "sequence.switch_every", "sequence.cycles", "env.frame_skip",
     "env.frame_stack", "env.screen_size", "ppo.num_steps", "ppo.num_minibatches",
-    "ppo.update_epochs",
+    "ppo.update_epochs", "dqn.buffer_size", "dqn.batch_size", "dqn.train_frequency",
+    "dqn.target_network_frequency", "dqn.n_step", "dqn.log_every", "checkpoint.keep_last",
 )
 
 
-def resolve_config_path(path: str | Path) -> Path:
-    """A config path as given, or else relative to the shipped configs/ directory."""
+def resolve_config_path(path: str | Path, directory: Path = CONFIG_DIR) -> Path:
+    """A config path as given, or else relative to `directory` (the shipped configs/)."""
     candidate = Path(path)
     if candidate.is_file():
         return candidate
-    shipped = CONFIG_DIR / candidate
+    shipped = directory / candidate
     for option in (shipped, shipped.with_suffix(".yaml")):
         if option.is_file():
             return option
@@ -133,13 +200,7 @@ def resolve_config_path(path: str | Path) -> Path:
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> DictConfig:
     """Schema <- YAML file <- dotted overrides, validated; raises ConfigError on bad input."""
     path = resolve_config_path(path or DEFAULT_CONFIG)
-    try:
-        file_cfg = OmegaConf.load(path)
-    except Exception as exc:  # YAML syntax errors and the like
-        raise ConfigError(f"{path}: {str(exc).splitlines()[0]}") from None
-    if not isinstance(file_cfg, DictConfig):
-        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
-    cfg = _merge(OmegaConf.structured(Config), file_cfg, str(path))
+    cfg = merge_config(OmegaConf.structured(Config), load_yaml_mapping(path), str(path))
     for override in overrides:
         if "=" not in override:
             raise ConfigError(f"override '{override}' is not of the form dotted.key=value")
@@ -147,18 +208,31 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Di
             parsed = OmegaConf.from_dotlist([override])
         except Exception as exc:
             raise ConfigError(f"override '{override}': {str(exc).splitlines()[0]}") from None
-        cfg = _merge(cfg, parsed, f"override '{override}'")
+        cfg = merge_config(cfg, parsed, f"override '{override}'")
     if not cfg.exp_name:
         cfg.exp_name = path.stem
     validate(cfg)
     return cfg
 
 
-def _merge(base: DictConfig, update: DictConfig, source: str) -> DictConfig:
+def load_yaml_mapping(path: Path) -> DictConfig:
+    """A YAML file whose top level is a mapping; ConfigError otherwise."""
+    try:
+        file_cfg = OmegaConf.load(path)
+    except Exception as exc:  # YAML syntax errors and the like
+        raise ConfigError(f"{path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(file_cfg, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    return file_cfg
+
+
+def merge_config(base: DictConfig, update: DictConfig, source: str,
+                 schema: type = Config) -> DictConfig:
+    """OmegaConf's typed merge; its errors become one line naming the key (of `schema`)."""
     try:
         return OmegaConf.merge(base, update)
     except OmegaConfBaseException as exc:
-        raise ConfigError(f"{_describe(exc)} (in {source})") from None
+        raise ConfigError(f"{_describe(exc, schema)} (in {source})") from None
 
 
 def validate(cfg: DictConfig) -> None:
@@ -186,14 +260,59 @@ def validate(cfg: DictConfig) -> None:
         )
     if cfg.network.width <= 0:
         raise ConfigError(f"network.width must be positive, got {cfg.network.width}")
+    _validate_dqn(cfg.dqn, cfg.env)
+    _validate_monitor(cfg.monitor)
+    if cfg.checkpoint.every < 0:
+        raise ConfigError(f"checkpoint.every must be >= 0 (0: only at switches and the end), got "
+                          f"{cfg.checkpoint.every}")
 
 
-def _describe(exc: OmegaConfBaseException) -> str:
+def _validate_dqn(dqn, env) -> None:
+    updates = dqn.replay_ratio * dqn.train_frequency
+    if updates < 1 or abs(updates - round(updates)) > 1e-9:
+        raise ConfigError(
+            f"dqn.replay_ratio × dqn.train_frequency ({dqn.replay_ratio} × "
+            f"{dqn.train_frequency}) must be a positive integer: the updates of one train step")
+    first_sample = max(dqn.batch_size, env.num_envs * dqn.n_step)
+    if dqn.learning_starts < first_sample:
+        raise ConfigError(f"dqn.learning_starts ({dqn.learning_starts}) must be at least "
+                          f"{first_sample} (dqn.batch_size and env.num_envs × dqn.n_step)")
+    room = dqn.learning_starts + env.num_envs * env.frame_stack
+    if dqn.buffer_size < room:
+        raise ConfigError(f"dqn.buffer_size ({dqn.buffer_size}) must be at least {room} "
+                          "(dqn.learning_starts plus env.num_envs × env.frame_stack)")
+    for key, low, high in (("tau", 0.0, 1.0), ("exploration_fraction", 0.0, 1.0),
+                           ("gamma", 0.0, 1.0)):
+        if not low < dqn[key] <= high:
+            raise ConfigError(f"dqn.{key} must lie in ({low:g}, {high:g}], got {dqn[key]}")
+    if not 0.0 <= dqn.end_e <= dqn.start_e <= 1.0:
+        raise ConfigError(f"dqn.end_e ({dqn.end_e}) and dqn.start_e ({dqn.start_e}) must "
+                          "satisfy 0 <= end_e <= start_e <= 1")
+
+
+def _validate_monitor(monitor) -> None:
+    for key in ("batch_size", "top_k", "lanczos_steps", "ggn_steps", "density_probes",
+                "density_steps", "trace_probes", "ntk_samples"):
+        if monitor[key] <= 0:
+            raise ConfigError(f"monitor.{key} must be a positive integer, got {monitor[key]}")
+    for key in ("every_steps", "metrics_every"):
+        if monitor[key] < 0:
+            raise ConfigError(f"monitor.{key} must be >= 0 (0: off), got {monitor[key]}")
+    for key in ("eps", "tau", "eigsh_tol"):
+        if not 0.0 < monitor[key] <= 1.0:
+            raise ConfigError(f"monitor.{key} must lie in (0, 1], got {monitor[key]}")
+    for key in ("lanczos_steps", "ggn_steps"):
+        if monitor[key] < monitor.top_k:
+            raise ConfigError(f"monitor.{key} ({monitor[key]}) must be at least monitor.top_k "
+                              f"({monitor.top_k})")
+
+
+def _describe(exc: OmegaConfBaseException, schema: type) -> str:
     key = getattr(exc, "full_key", None)
     message = str(exc).splitlines()[0]
     if "not in struct" in message or "Key '" in message and "not" in message:
         parent = key.rsplit(".", 1)[0] if key and "." in key else ""
-        allowed = _keys_at(parent)
+        allowed = _keys_at(parent, schema)
         return f"unknown config key '{key}'" + (f" (allowed: {allowed})" if allowed else "")
     if key:
         message = message.removeprefix("Merge error: ")
@@ -201,8 +320,8 @@ def _describe(exc: OmegaConfBaseException) -> str:
     return message
 
 
-def _keys_at(dotted: str) -> str:
-    node = OmegaConf.structured(Config)
+def _keys_at(dotted: str, schema: type) -> str:
+    node = OmegaConf.structured(schema)
     if dotted:
         node = OmegaConf.select(node, dotted)
     if isinstance(node, DictConfig):

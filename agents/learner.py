@@ -6,6 +6,7 @@ PPO and DQN build a loss and call `optimize`; they never name a strategy.
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -15,9 +16,12 @@ from agents.context import StepContext, TrainContext
 from agents.networks import Network, NetworkSpec
 from agents.plasticity.base import StrategyStack
 
+COUNTERS = ("global_step", "update_count", "iteration", "task_index", "task_name")
+
 
 def adam_factory(learning_rate: float, eps: float):
-    return lambda params: torch.optim.Adam(params, lr=learning_rate, eps=eps)
+    """Adam with its settings bound (`.keywords`: a strategy replacing Adam reuses them)."""
+    return functools.partial(torch.optim.Adam, lr=learning_rate, eps=eps)
 
 
 class Learner:
@@ -32,6 +36,9 @@ class Learner:
         self.max_grad_norm = max_grad_norm
         self.ctx = TrainContext(network=self.network, optimizer=self.optimizer, device=device,
                                 **ctx_kwargs)
+        # Set by any step whose loss is NaN/Inf; a device flag, read once per iteration (a host
+        # sync per gradient step would stall a GPU).
+        self.nonfinite_loss = torch.zeros((), dtype=torch.bool, device=device)
 
     def setup(self) -> None:
         """Call once the agent has filled in the rest of the context (targets, samplers)."""
@@ -45,6 +52,7 @@ class Learner:
         """One gradient step on step.loss plus strategy penalties; returns detached stats."""
         penalties = self.strategies.loss_penalty(step)
         total = step.loss + sum(penalties.values()) if penalties else step.loss
+        self.nonfinite_loss |= ~torch.isfinite(total.detach())
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         stats = {f"plasticity/{name}/penalty": p.detach() for name, p in penalties.items()}
@@ -59,3 +67,16 @@ class Learner:
     def after_update(self) -> None:
         self.ctx.iteration += 1
         self.strategies.after_update(self.ctx)
+
+    def state_dict(self) -> dict:
+        """Network, optimizer, strategies and counters: the part every agent's checkpoint shares."""
+        return {"network": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "strategies": self.strategies.state_dict(),
+                "counters": {name: getattr(self.ctx, name) for name in COUNTERS}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.network.load_state_dict(state["network"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.strategies.load_state_dict(state["strategies"])
+        for name in COUNTERS:
+            setattr(self.ctx, name, state["counters"][name])

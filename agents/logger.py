@@ -12,15 +12,19 @@ from torch.utils.tensorboard import SummaryWriter
 
 
 class RunLogger:
-    def __init__(self, run_dir, total_steps: int, print_every: float = 5.0, stream=sys.stdout):
-        self.writer = SummaryWriter(str(run_dir))
+    def __init__(self, run_dir, total_steps: int, print_every: float = 5.0, stream=sys.stdout,
+                 resume_step: int | None = None):
+        """`resume_step`: continue a run's event files from a checkpoint at that step; whatever
+        the earlier process logged after it is hidden (TensorBoard's purge_step)."""
+        purge_step = None if resume_step is None else resume_step + 1
+        self.writer = SummaryWriter(str(run_dir), purge_step=purge_step)
         self.total_steps = total_steps
         self.print_every = print_every
         self.stream = stream
         self.recent_returns: collections.deque = collections.deque(maxlen=20)
         self.task_label = ""
         self._last_print = 0.0
-        self._sps_clock = (time.perf_counter(), 0)
+        self._sps_clock = (time.perf_counter(), resume_step or 0)
 
     def scalar(self, tag: str, value, step: int) -> None:
         self.writer.add_scalar(tag, float(value), step)

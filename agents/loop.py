@@ -8,18 +8,21 @@ and the new task's envs, before any update on them, at task_start.
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 
 import numpy as np
 import torch
 
+from agents.dqn import DQN
 from agents.plasticity.base import build_strategies
 from agents.ppo import PPO
 from envs.factory import EnvFactory
+from envs.recorder import ActionRecorder
 from envs.tasks import Segment, TaskSequence
 
-AGENTS = {"ppo": PPO}
+AGENTS = {"ppo": PPO, "dqn": DQN}
 
 
 class Listener:
@@ -76,7 +79,7 @@ class Trainer:
             getattr(listener, hook)(self, *args)
 
     def _start(self, segment: Segment) -> None:
-        self.envs = self.env_factory.make_vector(segment.task)
+        self.envs = ActionRecorder(self.env_factory.make_vector(segment.task))  # for a resume
         self.agent.begin_task(self.envs, segment_seed(self.cfg.seed, segment.index))
         self.segment = segment
         self.ctx.task_index, self.ctx.task_name = segment.index, segment.task.name
@@ -91,26 +94,31 @@ class Trainer:
         self.envs.close()
         self._start(nxt)
 
-    def run(self, logger) -> None:
+    def run(self, logger, restore=None) -> None:
+        """Train from ctx.global_step to the end: from the start, or from a checkpoint, where
+        `restore(trainer, segment)` rebuilds the live segment's envs instead of starting it."""
         self.logger = logger
-        start = time.perf_counter()
+        start, first_step = time.perf_counter(), self.ctx.global_step
+        first = self.sequence.segment_at(first_step).index
         prev = None
-        for segment in self.sequence:
-            if prev is None:
-                self._start(segment)
-            else:
+        for segment in itertools.islice(self.sequence, first, None):
+            if prev is not None:
                 self._switch(prev, segment)
+            elif restore is not None:
+                restore(self, segment)
+            else:
+                self._start(segment)
             while self.ctx.global_step < segment.end:
                 self.agent.train_iteration(segment.end - self.ctx.global_step, self.logger,
                                            segment.task.name, self.generator)
                 step = self.ctx.global_step
                 self.logger.scalars({f"plasticity/{k}": v
                                      for k, v in self.strategies.metrics().items()}, step)
-                self._emit("after_iteration")
                 self.logger.progress(step, self.logger.sps(step))
+                self._emit("after_iteration")  # after all logging: a checkpoint may follow
             prev = segment
         self._emit("on_task_end", prev)
         self.envs.close()
         self._emit("on_run_end")
         self.logger.progress(self.ctx.global_step, int(
-            self.ctx.global_step / (time.perf_counter() - start)), force=True)
+            (self.ctx.global_step - first_step) / (time.perf_counter() - start)), force=True)

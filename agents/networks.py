@@ -100,7 +100,8 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.spec.kind == "linear" and x.dim() > 2:
             x = x.flatten(1)
-        x = self.norm(self.layer(x))
+        # Follow the weights' dtype: float64 copies (the spectral monitor's) take float32 obs.
+        x = self.norm(self.layer(x.to(self.layer.weight.dtype)))
         if self.crelu:
             x = torch.cat([F.relu(x), F.relu(-x)], dim=1)
         else:
@@ -173,3 +174,9 @@ class Network(nn.Module):
         x = x.flatten(1)
         outputs = {name: head(x) for name, head in self.heads.items()}
         return (outputs, features) if return_features else outputs
+
+    def block_inputs(self, obs: torch.Tensor, features: dict[str, torch.Tensor]):
+        """Each hidden block's input, from forward's features: what layer-wise Jacobians take."""
+        names = list(self.blocks)
+        return {name: self._prepare(obs) if i == 0 else features[names[i - 1]]
+                for i, name in enumerate(names)}

@@ -137,6 +137,14 @@ class PPO:
         idx = torch.randint(len(self.last_batch), (n,), generator=generator)
         return self.last_batch.obs[idx.to(self.last_batch.obs.device)]
 
+    # -- checkpoints (agents/checkpoint.py; the envs are rebuilt by agents/resume.py) ----------
+    def state_dict(self) -> dict:
+        return {**self.learner.state_dict(), "obs": self.next_obs, "next_done": self.next_done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.learner.load_state_dict(state)
+        self.next_obs, self.next_done = state["obs"], state["next_done"]
+
     # -- learning ----------------------------------------------------------------------------
     def loss(self, batch: RolloutBatch, forward):
         """PPO's clipped objective; forward(obs) -> (outputs, features). Also returns stats."""

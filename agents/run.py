@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import time
 from pathlib import Path
@@ -40,6 +42,29 @@ def write_status(run_dir: Path, status: str, **extra) -> None:
     tmp = run_dir / "status.json.tmp"
     tmp.write_text(json.dumps(payload, indent=2))
     tmp.replace(run_dir / "status.json")
+
+
+def read_status(run_dir: Path) -> dict:
+    """What `write_status` last wrote; {} when there is none (or it is being replaced)."""
+    try:
+        return json.loads((Path(run_dir) / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Held while a process trains in run_dir, so that a second one (a `--resume` of a live run)
+    is refused; the OS releases it when the process ends, even by kill -9."""
+    with open(Path(run_dir) / ".lock", "a") as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"{run_dir} is being trained by another process: stop that one "
+                              "before resuming") from None
+        except OSError:  # a filesystem without locks (some NFS mounts): go on unguarded
+            pass
+        yield
 
 
 def save_config(run_dir: Path, cfg) -> None:

@@ -1,35 +1,72 @@
-"""`pliable train`: build everything, then open the run directory and train."""
+"""`pliable train`: build everything, then open the run directory and train (agents/resume.py
+continues a stopped run in its directory)."""
 
 from __future__ import annotations
 
+import signal
 import sys
 
+from agents.checkpointer import Checkpointer, Diverged, DivergenceCheck, Stopped, stop_on_signals
 from agents.logger import RunLogger
 from agents.loop import Trainer
-from agents.run import log_config, new_run_dir, save_config, write_status
+from agents.run import log_config, new_run_dir, run_lock, save_config, write_status
+from analysis.monitor import SpectralMonitor
+
+
+def build_trainer(cfg, listeners=()) -> Trainer:
+    """Envs, strategies, agent and monitor, all checked: bad input fails here, before a write."""
+    trainer = Trainer(cfg, listeners)
+    if cfg.monitor.enabled:
+        trainer.listeners.append(SpectralMonitor.for_trainer(trainer))  # checks, writes nothing
+    return trainer
 
 
 def run_training(cfg, listeners=(), stream=sys.stdout) -> int:
-    trainer = Trainer(cfg, listeners)  # bad input fails here, before a file is written
+    trainer = build_trainer(cfg, listeners)
     run_dir = new_run_dir(cfg)
-    save_config(run_dir, cfg)
-    write_status(run_dir, "running")
-    logger = RunLogger(run_dir, trainer.sequence.total_steps, cfg.print_every, stream)
-    log_config(logger.writer, cfg)
+    with run_lock(run_dir):
+        save_config(run_dir, cfg)
+        logger = RunLogger(run_dir, trainer.sequence.total_steps, cfg.print_every, stream)
+        log_config(logger.writer, cfg)
+        return train_in(run_dir, trainer, logger, stream)
+
+
+def train_in(run_dir, trainer, logger, stream=sys.stdout, restore=None) -> int:
+    """Train to the end in `run_dir` (from the start, or from a checkpoint through `restore`, see
+    Trainer.run), keeping status.json and the checkpoints current; returns the exit status."""
+    ctx = trainer.ctx
+    checkpointer = Checkpointer(run_dir, trainer.cfg.checkpoint, ctx.global_step)
+    trainer.listeners = [DivergenceCheck(), *trainer.listeners, checkpointer]
+    write_status(run_dir, "running", step=ctx.global_step)
     print(f"run directory: {run_dir}", file=stream, flush=True)
+    resume = f"resume with: python train.py --resume {run_dir}"
     try:
-        trainer.run(logger)
-    except KeyboardInterrupt:
-        write_status(run_dir, "interrupted", step=trainer.ctx.global_step)
-        print(f"\ninterrupted at step {trainer.ctx.global_step:,}; logs kept in {run_dir}",
+        with stop_on_signals(checkpointer):
+            trainer.run(logger, restore)
+    except Stopped as stop:
+        write_status(run_dir, "interrupted", step=ctx.global_step, checkpoint=str(stop.checkpoint))
+        print(f"\n{signal.Signals(stop.signum).name}: stopped at step {ctx.global_step:,}, "
+              f"checkpoint {stop.checkpoint}\n{resume}", file=stream)
+        return 128 + stop.signum
+    except KeyboardInterrupt:  # a second signal, or a Ctrl-C while no handler is installed
+        last = checkpointer.last_path
+        write_status(run_dir, "interrupted", step=ctx.global_step, checkpoint=last and str(last))
+        print(f"\ninterrupted at step {ctx.global_step:,}; the last checkpoint is {last}\n{resume}",
               file=stream)
         return 130
+    except Diverged as exc:
+        last = checkpointer.last_path
+        message = f"{exc}; the last good checkpoint is {last}" if last else str(exc)
+        write_status(run_dir, "failed", reason="diverged", step=exc.step, error=message,
+                     checkpoint=last and str(last))
+        print(f"error: {message}", file=sys.stderr)
+        return 1
     except BaseException as exc:
-        write_status(run_dir, "failed", step=trainer.ctx.global_step, error=repr(exc))
+        write_status(run_dir, "failed", step=ctx.global_step, error=repr(exc))
         raise
     finally:
         logger.close()
-    write_status(run_dir, "finished", step=trainer.ctx.global_step)
-    print(f"done: {trainer.ctx.global_step:,} env steps in {run_dir}\n"
+    write_status(run_dir, "finished", step=ctx.global_step)
+    print(f"done: {ctx.global_step:,} env steps in {run_dir}\n"
           f"view the curves: tensorboard --logdir {run_dir.parent}", file=stream)
     return 0

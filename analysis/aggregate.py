@@ -23,6 +23,7 @@ RUN_KEYS = ["run", "agent", "strategy_set", "seed", "sequence"]
 SEGMENT_KEYS = [*RUN_KEYS, "task", "task_index", "cycle"]
 GROUP_KEYS = ["agent", "sequence", "strategy_set"]  # what a comparison holds fixed
 RETURN_METRIC = "charts/episodic_return"
+REFERENCE = "reference_fresh"  # the bench's fresh-agent strategy set: every layer reset at switches
 SPECTRUM_PREFIX = "spectrum/post/"
 
 
@@ -72,7 +73,7 @@ def _segment_score(segment: pd.DataFrame, window: float) -> dict[str, float]:
     }
 
 
-def plasticity_ratio(scores: pd.DataFrame, reference: str = "reference_fresh",
+def plasticity_ratio(scores: pd.DataFrame, reference: str = REFERENCE,
                      score: str = "auc", match_on: Sequence[str] = ("agent", "sequence", "task"),
                      baseline: Mapping[str, float] | None = None) -> pd.DataFrame:
     """Each run's task score relative to a fresh agent's score on the same task.

@@ -395,7 +395,12 @@ def hessian_trace(
     private ``torch.Generator`` seeded with ``seed``, so the estimate is deterministic and the
     global RNG is untouched.
     """
-    operator = HessianOperator(loss_fn, params, dtype)
+    return operator_trace(HessianOperator(loss_fn, params, dtype), num_probes, seed)
+
+
+def operator_trace(operator: SymmetricOperator, num_probes: int = 100, seed: int = 0) -> float:
+    """Hutchinson's trace estimate of a symmetric operator (see `hessian_trace`), so that one
+    `HessianOperator` can serve the top eigenvalues, the density and the trace."""
     generator = _generator(seed, operator.device)
     total = 0.0
     for _ in range(num_probes):

@@ -6,11 +6,13 @@ columns of `TIDY_COLUMNS`:
 
     run           run directory, relative to the root that was read (posix path)
     agent         config `agent` ("ppo", "dqn")
-    strategy_set  sorted names under config `plasticity` joined by "+", "none" when empty
+    strategy_set  config `strategy_set` (a bench sets it to the grid's name for the set), else
+                  the active strategies under `plasticity` joined by "+", "none" when none
     seed          config `seed`
-    sequence      config `exp_name`, or the task names joined by "+" when it is empty
+    sequence      config `exp_name` (a bench sets it to the grid's sequence name), else the task
+                  names joined by "+"
     switch_every  config `sequence.switch_every` (env steps per task segment)
-    task          name of the task being trained on at `step`
+    task          name of the task being trained on at `step` (envs.tasks.TaskSpec's name)
     task_index    position in the schedule (0, 1, 2, ... one per segment, across cycles)
     cycle         pass over the task list that `task_index` belongs to
     step          global step (env steps) the scalar was logged at
@@ -20,13 +22,14 @@ columns of `TIDY_COLUMNS`:
 Schedule convention: segment k covers the steps [k * switch_every, (k + 1) * switch_every), so a
 scalar logged exactly at a switch step belongs to the new task; that is where the spectral monitor
 logs what it measured at that switch. Steps past the end of the schedule (the final log at
-`switch_every * len(tasks) * cycles`) belong to the last segment.
+`switch_every * len(tasks) * cycles`) belong to the last segment. The schedule is rebuilt from the
+config by `envs.tasks.TaskSequence`, exactly as the trainer built it (shuffled orders included).
 """
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import warnings
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -39,14 +42,20 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from tensorboard.backend.event_processing import event_accumulator
 
+from agents.config import SequenceConfig
+from agents.plasticity.base import strategy_set_name
+from agents.run import read_status
+from envs.tasks import TaskSequence
+
 TIDY_COLUMNS = (
     "run", "agent", "strategy_set", "seed", "sequence", "switch_every",
     "task", "task_index", "cycle", "step", "metric", "value",
 )
 CONFIG_FILE = "config.yaml"
-STATUS_FILE = "status.json"
 EVENT_FILE_PREFIX = "events.out.tfevents."
-TASK_RETURN_PATTERN = r"^task/(.+)/episodic_return$"
+SPECTRA_DIR = "spectra"
+POST_SWITCH_FILE = re.compile(r"^switch_(\d+)_post\.npz$")
+DENSITY_ARRAYS = (("density_nodes", "density_weights"), ("nodes", "weights"))
 
 
 class RunReadError(Exception):
@@ -62,59 +71,41 @@ class RunInfo:
     seed: int
     sequence: str
     switch_every: int
-    tasks: tuple[str, ...]  # one pass over the task list, in config order
-    cycles: int
-    shuffled: bool  # each cycle has its own order, so task names come from the logged tags
+    schedule: tuple[str, ...]  # task name of every segment, in training order
+    tasks_per_cycle: int
     status: str  # from status.json; "unknown" when it is missing or unreadable
 
     @property
     def num_segments(self) -> int:
-        return len(self.tasks) * self.cycles
+        return len(self.schedule)
 
 
 def read_run_info(run_dir: str | Path) -> RunInfo:
     """Parse `config.yaml` (and `status.json`) of one run; raises RunReadError when unusable."""
     run_dir = Path(run_dir)
     try:
-        config = OmegaConf.to_container(OmegaConf.load(run_dir / CONFIG_FILE), resolve=True)
-        sequence = config["sequence"]
-        tasks = tuple(_task_name(task) for task in sequence["tasks"])
+        config = OmegaConf.load(run_dir / CONFIG_FILE)
+        # only the sequence is typed by the schema: the rest may predate today's keys
+        sequence = TaskSequence.from_config(
+            OmegaConf.merge(OmegaConf.structured(SequenceConfig), config.sequence),
+            int(config.seed))
+        tasks = [task.name for task in sequence.tasks]
         info = RunInfo(
-            agent=str(config["agent"]),
-            strategy_set="+".join(sorted(config.get("plasticity") or {})) or "none",
-            seed=int(config["seed"]),
+            agent=str(config.agent),
+            strategy_set=config.get("strategy_set") or strategy_set_name(config.get("plasticity")),
+            seed=int(config.seed),
             sequence=config.get("exp_name") or "+".join(tasks),
-            switch_every=int(sequence["switch_every"]),
-            tasks=tasks,
-            cycles=int(sequence.get("cycles", 1)),
-            shuffled=sequence.get("order", "fixed") == "shuffled",
-            status=_read_status(run_dir),
+            switch_every=int(sequence.switch_every),
+            schedule=tuple(segment.task.name for segment in sequence),
+            tasks_per_cycle=len(tasks),
+            status=read_status(run_dir).get("status", "unknown"),
         )
     except (OSError, KeyError, TypeError, ValueError, AttributeError,
             yaml.YAMLError, OmegaConfBaseException) as exc:
         raise RunReadError(f"{run_dir / CONFIG_FILE}: {type(exc).__name__}: {exc}") from exc
-    if not info.tasks or info.switch_every <= 0 or info.cycles <= 0:
+    if not info.schedule or info.switch_every <= 0:
         raise RunReadError(f"{run_dir / CONFIG_FILE}: empty task schedule")
     return info
-
-
-def _task_name(task: dict) -> str:
-    """The task's configured name, else one built from what distinguishes it."""
-    if task.get("name"):
-        return str(task["name"])
-    details = {**(task.get("kwargs") or {})}
-    for key in ("permute_obs", "permute_actions"):
-        if task.get(key) is not None:
-            details[key] = task[key]
-    suffix = ",".join(f"{key}={value}" for key, value in details.items())
-    return f"{task['env_id']}[{suffix}]" if suffix else str(task["env_id"])
-
-
-def _read_status(run_dir: Path) -> str:
-    try:
-        return str(json.loads((run_dir / STATUS_FILE).read_text())["status"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return "unknown"  # absent, or being written right now
 
 
 def read_scalars(run_dir: str | Path) -> pd.DataFrame:
@@ -141,34 +132,13 @@ def read_scalars(run_dir: str | Path) -> pd.DataFrame:
     return scalars.astype({"step": "int64", "value": "float64"})[["step", "metric", "value"]]
 
 
-def segment_schedule(info: RunInfo, scalars: pd.DataFrame) -> list[str | None]:
-    """Task name of every segment of the schedule.
-
-    Fixed order repeats the task list. A shuffled order is not in the config, so each segment
-    takes the task whose `task/<name>/episodic_return` tag has most episodes in it (robust to an
-    episode logged on the boundary); a segment without episodes stays unnamed (None).
-    """
-    if not info.shuffled:
-        return list(info.tasks) * info.cycles
-    episodes = pd.DataFrame({
-        "segment": _task_index(scalars["step"], info),
-        "task": scalars["metric"].str.extract(TASK_RETURN_PATTERN, expand=False),
-    }).dropna()
-    busiest = episodes.groupby("segment")["task"].agg(lambda tasks: tasks.value_counts().index[0])
-    return [busiest.get(segment) for segment in range(info.num_segments)]
-
-
-def _task_index(steps, info: RunInfo) -> np.ndarray:
-    return np.minimum(np.asarray(steps) // info.switch_every, info.num_segments - 1)
-
-
 def read_run(run_dir: str | Path, name: str | None = None) -> pd.DataFrame:
     """One run as a tidy table (see the module docstring); raises RunReadError when unusable."""
     run_dir = Path(run_dir)
     info = read_run_info(run_dir)
     scalars = read_scalars(run_dir)
-    task_index = _task_index(scalars["step"], info)
-    schedule = np.array(segment_schedule(info, scalars), dtype=object)
+    # as TaskSequence.segment_at: a switch step starts the new task; the end stays in the last
+    task_index = np.minimum(scalars["step"].to_numpy() // info.switch_every, info.num_segments - 1)
     table = scalars.assign(
         run=name or run_dir.name,
         agent=info.agent,
@@ -176,9 +146,9 @@ def read_run(run_dir: str | Path, name: str | None = None) -> pd.DataFrame:
         seed=info.seed,
         sequence=info.sequence,
         switch_every=info.switch_every,
-        task=schedule[task_index],
+        task=np.array(info.schedule, dtype=object)[task_index],
         task_index=task_index,
-        cycle=task_index // len(info.tasks),
+        cycle=task_index // info.tasks_per_cycle,
     )
     return table[list(TIDY_COLUMNS)]
 
@@ -240,3 +210,32 @@ def load_table(path: str | Path) -> pd.DataFrame:
     if path.suffix == ".parquet":
         return pd.read_parquet(path)
     return pd.read_csv(path)
+
+
+def read_switch_densities(run_dir: str | Path) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """The Hessian densities the spectral monitor saved after each switch, in switch order:
+    (switch number from `spectra/switch_###_post.npz`, nodes, weights).
+
+    Tolerant of the file layout: the arrays may be named density_nodes/density_weights or
+    nodes/weights and have any shape (one row per probe, say); they are flattened and the
+    weights normalised to sum to 1. A file without them, or unreadable, is skipped with a warning.
+    """
+    densities = []
+    for path in sorted(Path(run_dir, SPECTRA_DIR).glob("switch_*_post.npz")):
+        match = POST_SWITCH_FILE.match(path.name)
+        if not match:
+            continue
+        try:
+            with np.load(path) as arrays:
+                names = next((pair for pair in DENSITY_ARRAYS if set(pair) <= set(arrays)), None)
+                if names is None:
+                    raise KeyError(f"none of {DENSITY_ARRAYS} among {sorted(arrays)}")
+                nodes, weights = (np.asarray(arrays[name], dtype=float).ravel() for name in names)
+        except (OSError, ValueError, KeyError) as exc:
+            warnings.warn(f"skipping density {path}: {exc}", stacklevel=2)
+            continue
+        if nodes.shape != weights.shape or not nodes.size or weights.sum() <= 0:
+            warnings.warn(f"skipping density {path}: nodes and weights do not match", stacklevel=2)
+            continue
+        densities.append((int(match.group(1)), nodes, weights / weights.sum()))
+    return densities

@@ -1,10 +1,9 @@
 """Reading run directories (config.yaml + TensorBoard event files) into the tidy table."""
 
-import json
-
+import numpy as np
 import pytest
 import yaml
-from torch.utils.tensorboard import SummaryWriter
+from run_dirs import SWITCH_EVERY, make_config, write_run
 
 from analysis.results import (
     TIDY_COLUMNS,
@@ -13,43 +12,10 @@ from analysis.results import (
     read_run,
     read_run_info,
     read_runs,
+    read_switch_densities,
     save_table,
 )
-
-SWITCH_EVERY = 100
-
-
-def make_config(**changes):
-    config = {
-        "agent": "ppo",
-        "seed": 3,
-        "exp_name": "",
-        "plasticity": {"redo": {"threshold": 0.1}, "l2": {"coef": 1e-4}},
-        "sequence": {
-            "switch_every": SWITCH_EVERY,
-            "cycles": 2,
-            "order": "fixed",
-            "tasks": [{"name": "A", "env_id": "EnvA-v0", "kwargs": {}},
-                      {"name": "B", "env_id": "EnvB-v0", "kwargs": {"mode": 2}}],
-        },
-    }
-    config.update(changes)
-    return config
-
-
-def write_run(run_dir, scalars, config=None, status=None):
-    """A run dir as the trainer leaves it: config.yaml, event files, optionally status.json."""
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config or make_config()))
-    writer = SummaryWriter(str(run_dir))
-    for tag, points in scalars.items():
-        for step, value in points:
-            writer.add_scalar(tag, value, step)
-    writer.close()
-    if status:
-        (run_dir / "status.json").write_text(json.dumps({"status": status}))
-    return run_dir
-
+from envs.tasks import TaskSequence, TaskSpec
 
 RETURNS = {"charts/episodic_return": [(s, s * 0.5) for s in (0, 50, 99, 100, 199, 200, 350, 400)]}
 
@@ -88,9 +54,10 @@ def test_read_run_keeps_every_tag_and_repeated_steps(tmp_path):
 
 
 def test_run_info_names_sequence_and_strategy_set_from_the_config(tmp_path):
-    config = make_config(plasticity={}, exp_name="atari_cycle")
+    # a null entry switches a strategy off, as in training; unnamed tasks get TaskSpec's names
+    config = make_config(plasticity={"l2": {}, "redo": None}, exp_name="atari_cycle")
     config["sequence"]["tasks"] = [
-        {"env_id": "MiniGrid-Empty-5x5-v0", "kwargs": {}},
+        {"env_id": "MiniGrid-Empty-5x5-v0", "name": None, "kwargs": {}},
         {"env_id": "ALE/Pong-v5", "kwargs": {"mode": 1}, "permute_obs": 7},
     ]
     run_dir = tmp_path / "run"
@@ -99,27 +66,37 @@ def test_run_info_names_sequence_and_strategy_set_from_the_config(tmp_path):
 
     info = read_run_info(run_dir)
 
-    assert info.strategy_set == "none"
+    assert info.strategy_set == "l2"
     assert info.sequence == "atari_cycle"
-    assert info.tasks == ("MiniGrid-Empty-5x5-v0", "ALE/Pong-v5[mode=1,permute_obs=7]")
+    assert info.schedule == ("Empty-5x5-v0", "Pong-v5_mode1_pobs7") * 2
     assert info.status == "unknown"
 
 
-def test_shuffled_order_takes_each_segment_task_from_the_task_tags(tmp_path):
-    config = make_config()
-    config["sequence"]["order"] = "shuffled"
-    scalars = {
-        # B's last episode is logged at the switch step: segment 1 still goes to A, the majority
-        "task/B/episodic_return": [(10, 1.0), (60, 1.0), (100, 1.0)],
-        "task/A/episodic_return": [(120, 1.0), (150, 1.0), (210, 1.0)],
-        "charts/episodic_return": [(10, 1.0), (150, 1.0), (210, 1.0), (310, 1.0)],
-    }
-    table = read_run(write_run(tmp_path / "run", scalars, config))
+def test_a_labelled_strategy_set_keeps_its_label(tmp_path):
+    config = make_config(plasticity={"reset": {"at_switch": True}}, strategy_set="reference_fresh")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
 
-    returns = table[table["metric"] == "charts/episodic_return"]
-    assert returns["task"].iloc[:3].tolist() == ["B", "A", "A"]
-    assert returns["task"].isna().iloc[3]  # segment 3 has no task tag
-    assert returns["cycle"].tolist() == [0, 0, 1, 1]
+    assert read_run_info(run_dir).strategy_set == "reference_fresh"
+
+
+def test_shuffled_order_is_the_trainers_seeded_schedule(tmp_path):
+    config = make_config(seed=5)
+    config["sequence"]["order"] = "shuffled"
+    config["sequence"]["cycles"] = 4
+    config["sequence"]["tasks"].append({"name": "C", "env_id": "EnvC-v0"})
+    steps = [SWITCH_EVERY * k + 10 for k in range(12)] + [SWITCH_EVERY * 12]  # + the last log
+    table = read_run(write_run(tmp_path / "run", {
+        "charts/episodic_return": [(step, 1.0) for step in steps]}, config))
+
+    expected = TaskSequence([TaskSpec("EnvA-v0", name="A"), TaskSpec("EnvB-v0", name="B"),
+                             TaskSpec("EnvC-v0", name="C")], SWITCH_EVERY, 4, "shuffled", seed=5)
+    schedule = [segment.task.name for segment in expected]
+    assert sorted(schedule[:3]) == ["A", "B", "C"] and schedule[:3] != schedule[3:6]  # shuffled
+    assert table["task"].tolist() == schedule + schedule[-1:]
+    assert table["task_index"].tolist() == list(range(12)) + [11]
+    assert table["cycle"].tolist() == [k // 3 for k in range(12)] + [3]
 
 
 def test_read_runs_reads_a_tree_and_skips_broken_runs_with_a_warning(tmp_path):
@@ -178,3 +155,25 @@ def test_table_round_trips_through_a_file(tmp_path, suffix):
     assert loaded["task"].tolist() == table["task"].tolist()
     assert loaded["value"].tolist() == table["value"].tolist()
     assert loaded["step"].tolist() == table["step"].tolist()
+
+
+def test_switch_densities_are_read_tolerantly_in_switch_order(tmp_path):
+    spectra = tmp_path / "run" / "spectra"
+    spectra.mkdir(parents=True)
+    np.savez(spectra / "switch_002_post.npz", density_nodes=[1.0, 2.0], density_weights=[1.0, 3.0])
+    # another naming, one row per probe
+    np.savez(spectra / "switch_001_post.npz", nodes=[[0.0, 1.0], [2.0, 3.0]],
+             weights=[[0.25, 0.25], [0.25, 0.25]])
+    np.savez(spectra / "switch_003_post.npz", eigenvalues=[5.0])  # no density in it
+    (spectra / "switch_004_post.npz").write_bytes(b"not a zip file")
+    np.savez(spectra / "switch_001_pre.npz", density_nodes=[9.0], density_weights=[1.0])
+
+    with pytest.warns(UserWarning) as caught:
+        densities = read_switch_densities(tmp_path / "run")
+
+    assert [switch for switch, _, _ in densities] == [1, 2]
+    np.testing.assert_array_equal(densities[0][1], [0.0, 1.0, 2.0, 3.0])
+    np.testing.assert_allclose(densities[1][2], [0.25, 0.75])  # normalised to sum 1
+    skipped = " ".join(str(warning.message) for warning in caught)
+    assert "switch_003_post.npz" in skipped and "switch_004_post.npz" in skipped
+    assert read_switch_densities(tmp_path / "no_such_run") == []

@@ -7,12 +7,13 @@ Each strategy declares a settings dataclass; OmegaConf validates user settings a
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from collections.abc import Callable
 from typing import Any, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from agents.config import ConfigError
 from agents.context import StepContext, TrainContext
@@ -35,6 +36,11 @@ class Strategy:
 
     def __init__(self, settings):
         self.settings = settings
+
+    def make_generator(self, ctx: TrainContext) -> torch.Generator:
+        """This strategy's own RNG (CPU), seeded from the run's seed and the strategy's name, so
+        a run is reproducible whatever else is switched on."""
+        return torch.Generator().manual_seed(zlib.crc32(f"{ctx.seed}/{self.name}".encode()))
 
     def configure_network(self, spec) -> None:
         """Edit the NetworkSpec before the network is built."""
@@ -60,11 +66,29 @@ class Strategy:
     def metrics(self) -> dict[str, float]:
         return {}
 
+    # Attributes a resumed run needs beyond the network and optimizer (counters, snapshots, what
+    # `metrics` reports); the generator is saved too when the strategy made one.
+    state_attributes: tuple[str, ...] = ()
+
     def state_dict(self) -> dict[str, Any]:
-        return {}
+        """Tensors, numbers, strings and lists/dicts of them: checkpoints load weights_only."""
+        state = {name: getattr(self, name) for name in self.state_attributes}
+        if hasattr(self, "generator"):
+            state["generator"] = self.generator.get_state()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        for name in self.state_attributes:
+            setattr(self, name, state[name])
+        if hasattr(self, "generator"):
+            self.generator.set_state(state["generator"].cpu())  # loaded onto the run's device
+
+
+def check_choice(strategy: str, key: str, value, allowed) -> None:
+    """A setting restricted to a few values; anything else is a one-line ConfigError."""
+    if value not in allowed:
+        raise ConfigError(f"plasticity.{strategy}.{key}: {value!r} is not one of "
+                          f"{', '.join(map(str, allowed))}")
 
 
 def register_strategy(name: str):
@@ -143,7 +167,8 @@ def build_strategies(plasticity_cfg, agent: str = "ppo") -> StrategyStack:
         if settings is None:
             continue
         if name not in STRATEGIES:
-            raise ConfigError(f"unknown strategy '{name}' (known: {', '.join(sorted(STRATEGIES))})")
+            raise ConfigError(f"plasticity.{name}: unknown strategy '{name}' "
+                              f"(known: {', '.join(sorted(STRATEGIES))})")
         cls = STRATEGIES[name]
         try:
             schema = OmegaConf.structured(cls.Settings)
@@ -154,8 +179,10 @@ def build_strategies(plasticity_cfg, agent: str = "ppo") -> StrategyStack:
                                   f"got {settings!r}")
         except OmegaConfBaseException as exc:
             fields = ", ".join(f.name for f in dataclasses.fields(cls.Settings)) or "none"
-            detail = str(exc).splitlines()[0]
-            raise ConfigError(f"plasticity.{name}: {detail} (settings: {fields})") from None
+            key = f"plasticity.{name}" + (f".{exc.full_key}" if exc.full_key else "")
+            detail = ("unknown setting" if isinstance(exc, ConfigKeyError)
+                      else str(exc).splitlines()[0])
+            raise ConfigError(f"{key}: {detail} (settings: {fields})") from None
         strategies.append(cls(OmegaConf.to_object(merged)))
     return StrategyStack(strategies)
 

@@ -1,0 +1,217 @@
+"""Checkpoints: what a run needs to continue exactly, written atomically, loaded without pickle.
+
+A checkpoint holds only tensors, numbers, strings and lists/tuples/dicts of them, so it loads with
+`torch.load(weights_only=True)`, which never runs code from the file. Its keys:
+
+    format, version   "pliable-checkpoint", 1
+    kind, step        periodic | switch | final, and the env step (ctx.global_step) it was taken at
+    segment           position in the task schedule of the segment it was taken in
+    agent             agent.state_dict(): networks, optimizer, strategies, counters, current obs
+    rng               torch / numpy / python global RNG states, the trainer's generator (and CUDA's)
+    envs              the live envs' reset seed and every action sent since (agents/resume.py)
+    logger            the console's task label and recent returns
+    listeners         state of the listeners that have a state_dict (by class name)
+    replay_file       DQN: the replay buffer's file next to this one, or None
+
+Files in RUN_DIR/checkpoints/: `step_<step>.pt` (periodic, the newest `keep_last` kept),
+`switch_<segment>.pt` (at the start of every segment, all kept), `final.pt`; a DQN replay buffer in
+`<name>.replay.pt` beside the newest `keep_last` checkpoints only (7 GB for a 1M Atari buffer).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agents.config import ConfigError
+
+FORMAT, VERSION = "pliable-checkpoint", 1
+CHECKPOINT_DIR = "checkpoints"
+PERIODIC, SWITCH = re.compile(r"^step_(\d+)\.pt$"), re.compile(r"^switch_(\d+)\.pt$")
+FINAL = "final.pt"
+REPLAY_SUFFIX = ".replay.pt"
+_LEAVES = (int, float, bool, str, type(None))
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be used: one line, exit status 2 (it is bad input to resume)."""
+
+
+# -- file names -------------------------------------------------------------------------------
+def checkpoint_path(run_dir: Path, kind: str, trainer) -> Path:
+    names = {"periodic": f"step_{trainer.ctx.global_step:012d}.pt",
+             "switch": f"switch_{trainer.segment.index:03d}.pt", "final": FINAL}
+    return Path(run_dir) / CHECKPOINT_DIR / names[kind]
+
+
+def replay_path(path: Path) -> Path:
+    return path.with_name(path.name.removesuffix(".pt") + REPLAY_SUFFIX)
+
+
+def list_checkpoints(run_dir: Path, sequence) -> list[tuple[int, Path]]:
+    """(step, path) of every checkpoint in the run, oldest first; a switch checkpoint's step is
+    its segment's start, the final one's the schedule's end."""
+    found = []
+    for path in (Path(run_dir) / CHECKPOINT_DIR).glob("*.pt"):
+        if match := PERIODIC.match(path.name):
+            found.append((int(match[1]), path))
+        elif (match := SWITCH.match(path.name)) and int(match[1]) < len(sequence):
+            found.append((sequence.segment(int(match[1])).start, path))
+        elif path.name == FINAL:
+            found.append((sequence.total_steps, path))
+    return sorted(found)
+
+
+def prune(run_dir: Path, sequence, keep_last: int) -> None:
+    """Keep the newest `keep_last` periodic checkpoints, replay buffers only beside the newest
+    `keep_last` checkpoints, and no temporary file left by a write that was killed."""
+    checkpoints = list_checkpoints(run_dir, sequence)
+    periodic = [path for _, path in checkpoints if PERIODIC.match(path.name)]
+    for path in periodic[:-keep_last]:
+        path.unlink()
+    keep = {replay_path(path) for _, path in checkpoints[-keep_last:]}
+    for path in (Path(run_dir) / CHECKPOINT_DIR).glob(f"*{REPLAY_SUFFIX}"):
+        if path not in keep:
+            path.unlink()
+    for path in (Path(run_dir) / CHECKPOINT_DIR).glob(".*.tmp-*"):
+        path.unlink()
+
+
+# -- writing and reading ----------------------------------------------------------------------
+def atomic_save(obj, path: Path) -> None:
+    """torch.save into a temporary file of the same directory, fsync, then rename over `path`:
+    a reader (or a crash at any instant) sees the old file or the new one, never a partial one."""
+    check_loadable(obj, path.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as file:
+            torch.save(obj, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # makes the rename itself durable
+    finally:
+        os.close(directory)
+
+
+def check_loadable(value, where: str) -> None:
+    """Raise (when saving, not when resuming days later) if `value` holds anything that
+    `torch.load(weights_only=True)` would refuse: numpy arrays and scalars, deques, objects."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            check_loadable(item, f"{where}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            check_loadable(item, f"{where}[{index}]")
+    elif not isinstance(value, torch.Tensor) and type(value) not in _LEAVES:
+        raise TypeError(f"checkpoint entry {where} is a {type(value).__name__}: state_dict() must "
+                        "return tensors, numbers, strings and lists/dicts of them")
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict:
+    """A checkpoint's contents, loaded weights_only; CheckpointError if the file is missing,
+    truncated, not a pliable checkpoint, or holds objects whose loading would run code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    state = safe_load(path, device)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a pliable checkpoint")
+    if state.get("version") != VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {state.get('version')} is not "
+                              f"{VERSION}, the one this pliable reads")
+    return state
+
+
+def safe_load(path: Path, device, mmap: bool = False):
+    try:
+        return torch.load(path, map_location=device, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" not in str(exc):
+            raise CheckpointError(f"{path} is not a pliable checkpoint (not a torch file)") \
+                from None
+        refused = [line.strip() for line in str(exc).splitlines() if "Unsupported" in line]
+        raise CheckpointError(f"{path}: refused to load: it holds Python objects that loading "
+                              f"would construct or run ({refused[0] if refused else 'pickle'}); "
+                              "a checkpoint holds only tensors and plain data") from None
+    except Exception as exc:  # zip errors of a truncated file, EOF, ...
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path} is truncated or corrupt ({reason})") from None
+
+
+# -- what a trainer saves ---------------------------------------------------------------------
+def trainer_state(trainer, kind: str) -> dict:
+    return {
+        "format": FORMAT, "version": VERSION, "kind": kind,
+        "step": trainer.ctx.global_step, "segment": trainer.segment.index,
+        "agent": trainer.agent.state_dict(),
+        "rng": rng_state(trainer),
+        "envs": trainer.envs.state_dict(),
+        "logger": {"task_label": trainer.logger.task_label,
+                   "recent_returns": list(trainer.logger.recent_returns)},
+        "listeners": {type(listener).__name__: listener.state_dict()
+                      for listener in trainer.listeners if hasattr(listener, "state_dict")},
+        "replay_file": None,
+    }
+
+
+def save_trainer(trainer, path: Path, kind: str, save_replay: bool) -> None:
+    """The trainer's state in `path`; a DQN replay buffer first, in a file of its own."""
+    state = trainer_state(trainer, kind)
+    buffer = getattr(trainer.agent, "buffer", None)
+    if save_replay and buffer is not None and kind != "final":
+        atomic_save(buffer.state_dict(), replay_path(path))
+        state["replay_file"] = replay_path(path).name
+    atomic_save(state, path)
+
+
+def load_trainer_state(trainer, state: dict, path: Path) -> bool:
+    """Agent, replay buffer (if saved; True then) and listeners. The RNGs, the envs and the
+    logger are restored by agents/resume.py once the envs are rebuilt."""
+    trainer.agent.load_state_dict(state["agent"])
+    for listener in trainer.listeners:
+        name = type(listener).__name__
+        if hasattr(listener, "load_state_dict") and name in state["listeners"]:
+            listener.load_state_dict(state["listeners"][name])
+    if state["replay_file"] is None:
+        return False
+    replay = path.with_name(state["replay_file"])
+    if not replay.is_file():
+        raise CheckpointError(f"{path} needs its replay buffer {replay.name}, which is missing")
+    try:  # memory-mapped: a multi-GB buffer is copied into place, not loaded twice
+        trainer.agent.buffer.load_state_dict(safe_load(replay, "cpu", mmap=True))
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"{replay}: not this run's replay buffer ({exc})") from None
+    return True
+
+
+def rng_state(trainer) -> dict:
+    name, keys, *rest = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), *rest),
+             "trainer": trainer.generator.get_state()}
+    if trainer.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(trainer, state: dict) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.cpu().numpy().astype(np.uint32), *rest))
+    trainer.generator.set_state(state["trainer"].cpu())
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

@@ -1,0 +1,271 @@
+"""DQN, faithful to CleanRL's dqn_atari: Nature CNN, Adam, MSE (or Huber) TD loss, a target network
+with hard or Polyak updates, a linear ε-greedy schedule, learning_starts and train_frequency.
+
+Options that plasticity research uses: Double DQN, n-step returns, the replay ratio, and what
+happens at a task switch (ε restarted, buffer flushed, target re-synced).
+
+Counting, in env steps summed over envs (`global_step`), as CleanRL counts with one env:
+- a *train step* is due at every multiple of `train_frequency` and does
+  `replay_ratio × train_frequency` gradient updates, so `replay_ratio` is exactly the number of
+  gradient updates per env step (CleanRL: 0.25, one update every 4 steps); each train step ends
+  with `learner.after_update()`;
+- the target network is updated at every multiple of `target_network_frequency`;
+- both only once `learning_starts` transitions have been stored since the buffer was last empty.
+Differences on purpose: several envs step at once (the due steps are then run in order after the
+vector step), ε-greedy draws per env, and every gradient step goes through `Learner.optimize`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from agents.context import StepContext
+from agents.learner import Learner
+from agents.networks import make_spec
+from agents.replay import ReplayBuffer
+from envs.tasks import TaskSpec
+
+
+@dataclass
+class ReplayBatch:
+    """Transitions with their TD targets fixed, so the loss is a function of the online params."""
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    targets: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.actions.shape[0]
+
+    def index(self, idx) -> ReplayBatch:
+        return ReplayBatch(self.obs[idx], self.actions[idx], self.targets[idx])
+
+
+def linear_schedule(start: float, end: float, duration: float, t: int) -> float:
+    """CleanRL's ε schedule: linear from start to end over `duration` steps, then end."""
+    return start + (end - start) * min(1.0, t / duration)
+
+
+@torch.no_grad()
+def td_targets(returns, discounts, bootstrap_obs, target_network, online_network=None):
+    """returns + discounts · Q_target(s', a*), a* = argmax Q_target (or argmax Q_online: Double
+    DQN). The replay buffer's returns/discounts make this the n-step target for any n."""
+    next_q = target_network(bootstrap_obs)["q"]
+    chooser = next_q if online_network is None else online_network(bootstrap_obs)["q"]
+    best = chooser.argmax(dim=1, keepdim=True)
+    return returns + discounts * next_q.gather(1, best).squeeze(1)
+
+
+def true_next_obs(next_obs: np.ndarray, info: dict, done: np.ndarray) -> np.ndarray:
+    """With SAME_STEP autoreset a finished env returns its reset obs; the real last obs is in
+    info["final_obs"] (an object array from gymnasium's SyncVectorEnv, a full array from
+    ale-py's AtariVectorEnv, which sets no "_final_obs" mask)."""
+    if not done.any():
+        return next_obs
+    real = next_obs.copy()
+    for env in np.flatnonzero(done):
+        real[env] = info["final_obs"][env]
+    return real
+
+
+def replay_frame_stack(cfg, obs_shape) -> int:
+    """Atari stacks share frames, which the buffer stores once; a permuted obs is no stack."""
+    tasks = [TaskSpec(t.env_id, permute_obs=t.permute_obs) for t in cfg.sequence.tasks]
+    stacked = all(t.family == "atari" and t.permute_obs is None for t in tasks)
+    return cfg.env.frame_stack if stacked and obs_shape[0] == cfg.env.frame_stack else 1
+
+
+class DQN:
+    kind = "dqn"
+
+    def __init__(self, cfg, observation_space, action_space, strategies, device,
+                 reward_transform=None, total_steps: int = 1):
+        self.cfg = cfg.dqn
+        self.num_envs = cfg.env.num_envs
+        self.device = device
+        self.reward_transform = reward_transform
+        self.num_actions = int(action_space.n)
+        self.obs_shape, self.obs_dtype = observation_space.shape, observation_space.dtype
+        self.frame_stack = replay_frame_stack(cfg, self.obs_shape)
+        self.run_steps, self.task_steps = total_steps, cfg.sequence.switch_every
+        self.updates_per_train_step = round(self.cfg.replay_ratio * self.cfg.train_frequency)
+        spec = make_spec(cfg.network, observation_space, heads={"q": self.num_actions})
+        self.learner = Learner(spec, strategies, dict(agent=self.kind, seed=cfg.seed),
+                               self.cfg.learning_rate, self.cfg.adam_eps,
+                               self.cfg.max_grad_norm, device)
+        self.network = self.learner.network
+        self.target_network = copy.deepcopy(self.network).requires_grad_(False)
+        self.ctx = self.learner.ctx
+        self.ctx.other_networks["target"] = self.target_network
+        self.ctx.sample_obs = self._sample_replay_obs
+        self.learner.setup()
+        self._update_target(tau=1.0)  # in case a strategy's setup changed the online weights
+        self.buffer = self._make_buffer(self.cfg.buffer_size, self.num_envs)
+        self.replay_rng = np.random.default_rng(cfg.seed)
+        self.envs = None
+        self.buffer_start = 0  # global step at which the buffer was last empty
+        self.task_start = 0
+        self.last_batch: ReplayBatch | None = None
+
+    def _make_buffer(self, capacity: int, num_envs: int) -> ReplayBuffer:
+        return ReplayBuffer(capacity, self.obs_shape, num_envs=num_envs,
+                            frame_stack=self.frame_stack, obs_dtype=self.obs_dtype,
+                            n_step=self.cfg.n_step, gamma=self.cfg.gamma, device=self.device)
+
+    # -- acting ------------------------------------------------------------------------------
+    def epsilon(self) -> float:
+        if self.cfg.restart_epsilon_at_switch:
+            t, steps = self.ctx.global_step - self.task_start, self.task_steps
+        else:
+            t, steps = self.ctx.global_step, self.run_steps
+        return linear_schedule(self.cfg.start_e, self.cfg.end_e,
+                               self.cfg.exploration_fraction * steps, t)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, epsilon: float, generator: torch.Generator) -> np.ndarray:
+        """ε-greedy actions, one draw per env from `generator` (on the CPU)."""
+        greedy = self.network(torch.as_tensor(obs, device=self.device))["q"].argmax(1).cpu()
+        explore = torch.rand(len(greedy), generator=generator) < epsilon
+        random_actions = torch.randint(self.num_actions, (len(greedy),), generator=generator)
+        return torch.where(explore, random_actions, greedy).numpy()
+
+    def _env_step(self, envs, obs, epsilon, generator, buffer: ReplayBuffer):
+        """One vector step stored in `buffer` (the true final obs where an episode ended)."""
+        actions = self.act(obs, epsilon, generator)
+        next_obs, reward, terminated, truncated, info = envs.step(actions)
+        if self.reward_transform is not None:
+            reward = self.reward_transform(reward)
+        done = np.logical_or(terminated, truncated)
+        buffer.add(obs, true_next_obs(next_obs, info, done), actions, reward, terminated,
+                   truncated)
+        return next_obs, info
+
+    def begin_task(self, envs, seed: int) -> None:
+        switching = self.envs is not None
+        self.obs, _ = envs.reset(seed=seed)
+        self.envs = envs
+        self.task_start = self.ctx.global_step
+        if not switching:
+            return
+        if self.cfg.flush_buffer_at_switch:
+            self.buffer.clear()
+            self.buffer_start = self.ctx.global_step
+        else:
+            self.buffer.on_task_switch()
+        if self.cfg.sync_target_at_switch:
+            self._update_target(tau=1.0)
+
+    def probe_batch(self, envs, num_steps: int, seed: int) -> ReplayBatch:
+        """num_steps fresh vector steps from `envs` with the current ε-greedy policy, seeded by
+        `seed` alone, in a throwaway buffer (same n-step targets as training): no replay writes,
+        no counters moved, the global RNG untouched. What the spectral monitor measures."""
+        generator = torch.Generator().manual_seed(seed)
+        obs, _ = envs.reset(seed=seed)
+        n = obs.shape[0]
+        # Every step may start an episode, which costs frame_stack extra slots.
+        buffer = self._make_buffer(n * (num_steps * (1 + self.frame_stack) + self.cfg.n_step), n)
+        epsilon = self.epsilon()
+        for _ in range(num_steps):
+            obs, _ = self._env_step(envs, obs, epsilon, generator, buffer)
+        return self.make_batch(buffer.sample(num_steps * n, np.random.default_rng(seed)))
+
+    def _sample_replay_obs(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator)))
+        return self.buffer.sample(n, rng)["obs"]
+
+    # -- checkpoints (agents/checkpoint.py; the envs are rebuilt by agents/resume.py) ----------
+    def state_dict(self) -> dict:
+        """All but the envs and the replay buffer (large: saved apart, `buffer.state_dict()`)."""
+        batch = None if self.last_batch is None else vars(self.last_batch)
+        return {**self.learner.state_dict(), "target_network": self.target_network.state_dict(),
+                "obs": torch.tensor(self.obs), "last_batch": batch,
+                "replay_rng": self.replay_rng.bit_generator.state,
+                "buffer_start": self.buffer_start, "task_start": self.task_start}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.learner.load_state_dict(state)
+        self.target_network.load_state_dict(state["target_network"])
+        self.obs = state["obs"].cpu().numpy()
+        self.replay_rng.bit_generator.state = state["replay_rng"]
+        self.buffer_start, self.task_start = state["buffer_start"], state["task_start"]
+        batch = state["last_batch"]
+        self.last_batch = None if batch is None else ReplayBatch(**batch)
+
+    # -- learning ----------------------------------------------------------------------------
+    def make_batch(self, sample: dict[str, torch.Tensor]) -> ReplayBatch:
+        """A replay sample with its TD targets computed now, without a graph."""
+        online = self.network if self.cfg.double_dqn else None
+        targets = td_targets(sample["returns"], sample["discounts"], sample["bootstrap_obs"],
+                             self.target_network, online)
+        return ReplayBatch(sample["obs"], sample["actions"], targets)
+
+    def loss(self, batch: ReplayBatch, forward):
+        """TD loss of Q(obs, action) against the batch's fixed targets; forward(obs) ->
+        (outputs, features). Written out by hand: torch.func's jvp through F.mse_loss fails."""
+        outputs, features = forward(batch.obs)
+        q = outputs["q"].gather(1, batch.actions[:, None]).squeeze(1)
+        error = q - batch.targets
+        if self.cfg.loss == "huber":
+            per_sample = torch.where(error.abs() <= 1, 0.5 * error**2, error.abs() - 0.5)
+        else:
+            per_sample = error**2
+        loss = per_sample.mean()
+        stats = {"losses/td_loss": loss.detach(), "losses/q_values": q.detach().mean()}
+        return loss, stats, outputs, features
+
+    def train_step(self) -> dict[str, torch.Tensor]:
+        """replay_ratio × train_frequency gradient updates, then the strategies' after_update.
+        Returns each stat summed over the updates."""
+        forward = lambda obs: self.network(obs, return_features=True)  # noqa: E731
+        totals = Counter()  # update() sums values, tensors included
+        for _ in range(self.updates_per_train_step):
+            batch = self.make_batch(self.buffer.sample(self.cfg.batch_size, self.replay_rng))
+            loss, stats, outputs, features = self.loss(batch, forward)
+            stats.update(self.learner.optimize(
+                StepContext(self.ctx, batch.obs, loss, outputs, features)))
+            totals.update(stats)
+            self.last_batch = batch
+        self.learner.after_update()
+        return totals
+
+    @torch.no_grad()
+    def _update_target(self, tau: float) -> None:
+        if tau == 1.0:
+            self.target_network.load_state_dict(self.network.state_dict())
+            return
+        for target, online in zip(self.target_network.parameters(), self.network.parameters()):
+            target.lerp_(online, tau)  # tau·online + (1 − tau)·target
+
+    def train_iteration(self, max_steps: int, logger, task_name: str,
+                        generator: torch.Generator) -> int:
+        """About log_every env steps (never past max_steps) with the train steps and target
+        updates due in them, in order; losses are averaged and logged once. Returns env steps."""
+        vector_steps = min(math.ceil(self.cfg.log_every / self.num_envs),
+                           max_steps // self.num_envs)
+        totals = Counter()
+        updates_before = self.ctx.update_count
+        for _ in range(vector_steps):
+            self.obs, info = self._env_step(self.envs, self.obs, self.epsilon(), generator,
+                                            self.buffer)
+            first = self.ctx.global_step + 1
+            self.ctx.global_step += self.num_envs
+            logger.episodes(info, self.ctx.global_step, task_name)
+            for step in range(first, self.ctx.global_step + 1):
+                if step - self.buffer_start < self.cfg.learning_starts:
+                    continue
+                if step % self.cfg.train_frequency == 0:
+                    totals.update(self.train_step())
+                if step % self.cfg.target_network_frequency == 0:
+                    self._update_target(self.cfg.tau)
+        updates = self.ctx.update_count - updates_before
+        stats = {key: value / updates for key, value in totals.items()}
+        stats["charts/epsilon"] = self.epsilon()
+        stats["charts/learning_rate"] = self.learner.optimizer.param_groups[0]["lr"]
+        logger.scalars(stats, self.ctx.global_step)
+        return vector_steps * self.num_envs

@@ -1,0 +1,210 @@
+"""Strategies that re-draw weights: shrink-and-perturb, layer resets, ReDo, continual backprop.
+
+Resets touch only the online network: an agent with a target network (DQN) keeps syncing it on its
+own schedule. All randomness comes from each strategy's own generator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from agents.config import ConfigError
+from agents.plasticity import ops
+from agents.plasticity.base import Strategy, check_choice, register_strategy
+
+
+@register_strategy("shrink_perturb")
+class ShrinkPerturb(Strategy):
+    """θ ← α·θ + σ·ε for every weight and bias, ε a fresh draw of the layer's initialiser;
+    at task switches (α 0.4, σ 0.1) or after every gradient step (α 0.999999, σ 1e-6)."""
+
+    paper = "Ash & Adams 2020, On warm-starting neural network training (NeurIPS 2020)"
+    DEFAULTS = {"switch": (0.4, 0.1), "step": (0.999999, 1e-6)}
+    state_attributes = ("applied",)
+
+    @dataclass
+    class Settings:
+        when: str = "switch"  # switch | step
+        alpha: Optional[float] = None  # None: 0.4 at switches, 0.999999 per step
+        sigma: Optional[float] = None  # None: 0.1 at switches, 1e-6 per step
+
+    def __init__(self, settings):
+        super().__init__(settings)
+        check_choice(self.name, "when", settings.when, tuple(self.DEFAULTS))
+        alpha, sigma = self.DEFAULTS[settings.when]
+        self.alpha = alpha if settings.alpha is None else settings.alpha
+        self.sigma = sigma if settings.sigma is None else settings.sigma
+        self.applied = 0
+
+    def setup(self, ctx):
+        self.generator = self.make_generator(ctx)
+
+    @torch.no_grad()
+    def shrink_perturb(self, network) -> None:
+        for name, layer in network.weight_layers().items():
+            fresh = ops.fresh_layer(network, name, layer, self.generator)
+            for param, noise in ((layer.weight, fresh.weight), (layer.bias, fresh.bias)):
+                param.mul_(self.alpha).add_(noise.to(param.device), alpha=self.sigma)
+        self.applied += 1
+
+    def after_optimizer_step(self, step):
+        if self.settings.when == "step":
+            self.shrink_perturb(step.ctx.network)
+
+    def on_task_switch(self, ctx, prev, nxt):
+        if self.settings.when == "switch":
+            self.shrink_perturb(ctx.network)
+
+    def metrics(self):
+        return {"applied": self.applied}
+
+
+@register_strategy("reset")
+class Reset(Strategy):
+    """Re-initialise chosen layers (hidden block names, "heads", or "all") at task switches and/or
+    every N gradient steps; their optimizer state is dropped too."""
+
+    paper = "Nikishin et al. 2022, The primacy bias in deep reinforcement learning (ICML 2022)"
+    state_attributes = ("resets",)
+
+    @dataclass
+    class Settings:
+        layers: list[str] = field(default_factory=lambda: ["heads"])
+        at_switch: bool = True
+        every_steps: int = 0  # gradient steps between resets; 0: never
+
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.resets = 0
+
+    def configure_network(self, spec):
+        allowed = [b.name for b in spec.blocks] + ["heads", "all"]
+        for name in self.settings.layers:
+            if name not in allowed:
+                raise ConfigError(f"plasticity.reset.layers: unknown layer '{name}' "
+                                  f"(allowed: {', '.join(allowed)})")
+
+    def setup(self, ctx):
+        self.generator = self.make_generator(ctx)
+        heads = [f"heads.{name}" for name in ctx.network.heads]
+        chosen = set(self.settings.layers)
+        self.modules = [name for name in ctx.network.blocks if chosen & {name, "all"}]
+        self.modules += heads if chosen & {"heads", "all"} else []
+
+    def reset(self, ctx) -> None:
+        ops.reset_modules(ctx.network, ctx.optimizer, self.modules, self.generator)
+        self.resets += 1
+
+    def after_optimizer_step(self, step):
+        every = self.settings.every_steps
+        if every and step.ctx.update_count % every == 0:
+            self.reset(step.ctx)
+
+    def on_task_switch(self, ctx, prev, nxt):
+        if self.settings.at_switch:
+            self.reset(ctx)
+
+    def metrics(self):
+        return {"resets": self.resets}
+
+
+@register_strategy("redo")
+class ReDo(Strategy):
+    """Recycle dormant units: every N gradient steps, score s_i = E|h_i| / mean_j E|h_j| on a batch
+    of recent observations and re-initialise the units with s_i ≤ τ (fresh incoming weights, zero
+    outgoing weights, Adam moments zeroed)."""
+
+    paper = "Sokar et al. 2023, The dormant neuron phenomenon in deep reinforcement learning " \
+            "(ICML 2023)"
+    state_attributes = ("last", "total")
+
+    @dataclass
+    class Settings:
+        threshold: float = 0.025  # τ
+        every_steps: int = 1000  # gradient steps between checks
+        batch_size: int = 256
+
+    def setup(self, ctx):
+        self.generator = self.make_generator(ctx)
+        self.last = {"reset_units": 0, "dormant_fraction": 0.0}
+        self.total = 0
+
+    def after_optimizer_step(self, step):
+        ctx = step.ctx
+        if ctx.update_count % self.settings.every_steps == 0:
+            self.recycle(ctx)
+
+    @torch.no_grad()
+    def recycle(self, ctx) -> None:
+        network = ctx.network
+        _, features = network(ctx.sample_obs(self.settings.batch_size, self.generator),
+                              return_features=True)
+        dormant_units = units = 0
+        for name, block in network.blocks.items():
+            scores = ops.unit_activity_scores(block, features[name])
+            dormant = torch.nonzero(scores <= self.settings.threshold).flatten()
+            ops.reinit_units(network, ctx.optimizer, name, dormant, self.generator)
+            dormant_units, units = dormant_units + len(dormant), units + len(scores)
+        self.last = {"reset_units": dormant_units, "dormant_fraction": dormant_units / units}
+        self.total += dormant_units
+
+    def metrics(self):
+        return {**self.last, "total_reset_units": self.total}
+
+
+@register_strategy("cbp")
+class ContinualBackprop(Strategy):
+    """Continual backprop (generate-and-test): per unit a running utility
+    u ← η·u + (1−η)·|h|·Σ|w_out|; after every gradient step, replace the lowest-utility units
+    older than the maturity threshold, replacement_rate × (number of mature units) per step on
+    average (fractions accumulate)."""
+
+    paper = "Dohare et al. 2024, Loss of plasticity in deep continual learning (Nature 632)"
+    state_attributes = ("utility", "age", "pending", "replaced")
+
+    @dataclass
+    class Settings:
+        replacement_rate: float = 1e-4
+        maturity: int = 10000  # gradient steps a unit must live before it can be replaced
+        decay: float = 0.99  # η of the utility's running average
+
+    def setup(self, ctx):
+        self.generator = self.make_generator(ctx)
+        self.network = ctx.network
+        device = ctx.device
+        self.utility = {n: torch.zeros(b.spec.out, device=device) for n, b in
+                        ctx.network.blocks.items()}
+        self.age = {n: torch.zeros(b.spec.out, dtype=torch.long, device=device)
+                    for n, b in ctx.network.blocks.items()}
+        self.pending = dict.fromkeys(ctx.network.blocks, 0.0)
+        self.replaced = 0
+
+    @torch.no_grad()
+    def after_optimizer_step(self, step):
+        network, decay = self.network, self.settings.decay
+        for name, block in network.blocks.items():
+            features = step.features[name].detach()
+            activity = features.abs().mean([d for d in range(features.dim()) if d != 1])
+            contribution = ops.per_unit(block, activity * ops.outgoing_weight_mass(network, name))
+            self.utility[name].mul_(decay).add_(contribution, alpha=1 - decay)
+            self.age[name] += 1
+            self.replace(step.ctx, name)
+
+    def replace(self, ctx, name: str) -> None:
+        mature = torch.nonzero(self.age[name] > self.settings.maturity).flatten()
+        self.pending[name] += self.settings.replacement_rate * len(mature)
+        count = int(self.pending[name])
+        if count == 0:
+            return
+        self.pending[name] -= count
+        lowest = mature[self.utility[name][mature].argsort()[:count]]
+        ops.reinit_units(self.network, ctx.optimizer, name, lowest, self.generator)
+        self.utility[name][lowest] = 0
+        self.age[name][lowest] = 0
+        self.replaced += len(lowest)
+
+    def metrics(self):
+        return {"replaced_units": self.replaced}

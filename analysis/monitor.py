@@ -1,0 +1,160 @@
+"""The spectral monitor: the Hessian spectrum of the agent's own loss at every task boundary, and
+feature-level plasticity metrics during training, in TensorBoard, `.npz` files and the console.
+
+When (boundary `b` = the start of schedule segment `b`; the last boundary is the end of the run):
+- `post` at `on_task_start`: a fresh batch of the new task, collected before any update on it by
+  `agent.probe_batch` on envs the monitor builds (and closes) itself;
+- `pre` at `on_task_end`: the agent's last training batch of the old task (`agent.last_batch`);
+- with `monitor.every_steps`, also on the latest training batch every N env steps (`periodic`);
+- `plasticity/*` feature metrics on the latest training batch every `monitor.metrics_every`
+  gradient updates.
+An observer: every hook runs with the global RNGs (torch, numpy, random) saved and restored, on
+its own seeds; nothing writes `.grad`, flips train/eval, or moves the agent's counters, so a run
+with the monitor on follows the same trajectory as with it off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agents.config import ConfigError
+from agents.loop import Listener
+from analysis.monitor_metrics import Measurement, measure_spectrum, plasticity_metrics
+from analysis.monitor_outputs import density_figure, log_measurement, save_npz, summary_line
+
+PHASES = ("pre", "post", "periodic", "metrics")  # position = the phase's part of its seeds
+
+
+class SpectralMonitor(Listener):
+    def __init__(self, settings, num_params: int):
+        """``settings`` is the MonitorConfig; ``num_params`` the network's, to check top_k."""
+        most = num_params - 1 if settings.method == "eigsh" else num_params
+        if settings.top_k > most:
+            raise ConfigError(f"monitor.top_k ({settings.top_k}) must be at most {most} for "
+                              f"method={settings.method} on this {num_params}-parameter network")
+        self.settings = settings
+        self.seconds = {"spectrum": 0.0, "metrics": 0.0}  # wall time spent, by kind of work
+        self._pending_pre: tuple[str, Measurement] | None = None  # shown with the next post
+        self._task_start_params: dict[str, torch.Tensor] = {}
+        self._batch_at_task_start = None
+        self._next_metrics = settings.metrics_every
+        self._next_periodic = settings.every_steps
+
+    @classmethod
+    def for_trainer(cls, trainer) -> SpectralMonitor:
+        num_params = sum(p.numel() for p in trainer.agent.network.parameters())
+        return cls(trainer.cfg.monitor, num_params)
+
+    # -- loop events -------------------------------------------------------------------------
+    def on_task_start(self, trainer, segment) -> None:
+        with self._observing(trainer):
+            agent = trainer.agent
+            self._task_start_params = {name: p.detach().clone()
+                                       for name, p in agent.network.named_parameters()}
+            self._batch_at_task_start = agent.last_batch
+            seed = self.seed_for(segment.index, "post")
+            batch = self.fresh_batch(trainer, segment, seed)
+            post = self._measure(trainer, batch, seed, f"switch_{segment.index:03d}_post", "post",
+                                 segment.start, segment.task.name)
+            measured, label = {"post": post}, f"start → {segment.task.name}"
+            if self._pending_pre is not None:
+                old_task, pre = self._pending_pre
+                measured, label = {"pre": pre, "post": post}, f"{old_task} → {segment.task.name}"
+                self._pending_pre = None
+            self._report(trainer, segment.start, label, measured)
+
+    def on_task_end(self, trainer, segment) -> None:
+        batch = trainer.agent.last_batch
+        if batch is None or batch is self._batch_at_task_start:
+            return  # no training batch on this task (a DQN still filling its buffer)
+        with self._observing(trainer):
+            boundary = segment.index + 1
+            seed = self.seed_for(boundary, "pre")
+            pre = self._measure(trainer, batch, seed, f"switch_{boundary:03d}_pre", "pre",
+                                segment.end, segment.task.name)
+            if segment.index == len(trainer.sequence) - 1:
+                self._report(trainer, segment.end, f"{segment.task.name} → end", {"pre": pre})
+            else:
+                self._pending_pre = (segment.task.name, pre)
+
+    def after_iteration(self, trainer) -> None:
+        step, updates = trainer.ctx.global_step, trainer.ctx.update_count
+        batch = trainer.agent.last_batch
+        every, metrics_every = self.settings.every_steps, self.settings.metrics_every
+        if every and step >= self._next_periodic:
+            self._next_periodic = (step // every + 1) * every
+            if batch is not None and step < trainer.segment.end:  # at the end: `pre` measures
+                with self._observing(trainer):
+                    seed = self.seed_for(step, "periodic")
+                    measured = self._measure(trainer, batch, seed, f"step_{step:09d}",
+                                             "periodic", step, trainer.segment.task.name)
+                    self._report(trainer, step, trainer.segment.task.name,
+                                 {"periodic": measured}, figure=False)
+        if metrics_every and updates >= self._next_metrics and batch is not None:
+            self._next_metrics = (updates // metrics_every + 1) * metrics_every
+            with self._observing(trainer, "metrics"):
+                seed = self.seed_for(updates, "metrics")
+                metrics = plasticity_metrics(trainer.agent, self.subsample(batch, seed),
+                                             self._task_start_params, self.settings, seed)
+                trainer.logger.scalars({f"plasticity/{k}": v for k, v in metrics.items()}, step)
+
+    # -- helpers ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _observing(self, trainer, kind: str = "spectrum"):
+        """Global RNG states restored afterwards, and the time spent counted."""
+        start = time.perf_counter()
+        numpy_state, python_state = np.random.get_state(), random.getstate()
+        devices = [trainer.device] if trainer.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices):
+                yield
+        finally:
+            np.random.set_state(numpy_state)
+            random.setstate(python_state)
+            self.seconds[kind] += time.perf_counter() - start
+
+    def seed_for(self, key: int, phase: str) -> int:
+        """A seed of its own for every measurement (< 2**31: ale-py's envs take int32 seeds)."""
+        sequence = np.random.SeedSequence([self.settings.seed, PHASES.index(phase), key])
+        return int(sequence.generate_state(1)[0] >> 1)
+
+    def subsample(self, batch, seed: int):
+        if len(batch) <= self.settings.batch_size:
+            return batch
+        generator = torch.Generator().manual_seed(seed)
+        index = torch.randperm(len(batch), generator=generator)[: self.settings.batch_size]
+        return batch.index(index.to(batch.obs.device))
+
+    def fresh_batch(self, trainer, segment, seed: int):
+        """A batch of the new task from probe envs of the monitor's own (training envs and their
+        RNG untouched), with the current policy."""
+        num_envs = trainer.cfg.env.num_envs
+        envs = trainer.env_factory.make_vector(segment.task, num_envs)
+        try:
+            steps = math.ceil(self.settings.batch_size / num_envs)
+            return trainer.agent.probe_batch(envs, steps, seed)
+        finally:
+            envs.close()
+
+    def _measure(self, trainer, batch, seed: int, stem: str, phase: str, step: int,
+                 task: str) -> Measurement:
+        measured = measure_spectrum(trainer.agent, self.subsample(batch, seed), self.settings,
+                                    seed)
+        run_dir = Path(trainer.logger.writer.get_logdir())
+        save_npz(run_dir / "spectra" / f"{stem}.npz", measured, step=step, phase=phase, task=task)
+        log_measurement(trainer.logger.writer, phase, measured, step)
+        return measured
+
+    def _report(self, trainer, step: int, label: str, measured: dict[str, Measurement],
+                figure: bool = True) -> None:
+        print(summary_line(step, label, measured), file=trainer.logger.stream, flush=True)
+        if figure:
+            trainer.logger.writer.add_figure(
+                "spectrum/density_plot", density_figure(f"step {step:,}: {label}", measured), step)

@@ -1,0 +1,92 @@
+"""Where the spectral monitor's measurements go: `.npz` files, TensorBoard scalars, histograms and
+a density plot, and the one-line console summary per task boundary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from analysis.hessian import gaussian_density
+from analysis.monitor_metrics import Measurement
+
+# What the console summary shows: (label, scalar name, format).
+SUMMARY = (("λmax", "lambda_max", ".3g"), ("trace", "trace", ".3g"), ("ε-rank", "eps_rank", ".0f"),
+           ("eff-rank", "effective_rank", ".3g"), ("τ-train", "tau_trainability", ".2g"))
+HISTOGRAMS = {"eigenvalues": "top_eigenvalues", "ggn_eigenvalues": "ggn_top_eigenvalues",
+              "kfac_eigenvalues": "kfac_top_eigenvalues"}
+DENSITY_BINS = 64
+
+
+def save_npz(path: Path, measurement: Measurement, **meta) -> None:
+    """Arrays (eigenvalues, density_nodes, density_weights, ...), every scalar under its name
+    and the metadata (step, phase, task, ...) in one file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    values = {**measurement.arrays, **measurement.scalars, "seconds": measurement.seconds}
+    np.savez(path, **{k: np.asarray(v) for k, v in {**values, **meta}.items()})
+
+
+def log_measurement(writer, phase: str, measurement: Measurement, step: int) -> None:
+    """`spectrum/<phase>/<scalar>`, top-k histograms and the SLQ density as a histogram."""
+    prefix = f"spectrum/{phase}"
+    for name, value in measurement.scalars.items():
+        writer.add_scalar(f"{prefix}/{name}", value, step)
+    writer.add_scalar(f"{prefix}/seconds", measurement.seconds, step)
+    for key, tag in HISTOGRAMS.items():
+        if key in measurement.arrays:
+            writer.add_histogram(f"{prefix}/{tag}", measurement.arrays[key], step)
+    _log_density_histogram(writer, f"{prefix}/density", measurement, step)
+
+
+def _log_density_histogram(writer, tag: str, measurement: Measurement, step: int) -> None:
+    """SLQ nodes binned with their weights scaled to eigenvalue counts (weight × #params)."""
+    nodes = measurement.arrays["density_nodes"]
+    counts = measurement.arrays["density_weights"] * float(measurement.arrays["num_params"])
+    bucket_counts, edges = np.histogram(nodes, bins=DENSITY_BINS, weights=counts)
+    writer.add_histogram_raw(
+        tag, min=float(nodes.min()), max=float(nodes.max()), num=float(counts.sum()),
+        sum=float(counts @ nodes), sum_squares=float(counts @ nodes**2),
+        bucket_limits=edges[1:].tolist(), bucket_counts=bucket_counts.tolist(), global_step=step)
+
+
+def density_figure(title: str, measurements: dict[str, Measurement]):
+    """Left: the smoothed SLQ densities (log scale); right: top-k of the Hessian, Gauss-Newton
+    and KFAC, one colour per phase."""
+    from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend
+
+    figure = Figure(figsize=(10, 3.6), dpi=60, layout="tight")
+    density_axes, top_axes = figure.subplots(1, 2)
+    nodes = np.concatenate([m.arrays["density_nodes"] for m in measurements.values()])
+    sigma = 0.01 * max(float(np.ptp(nodes)), 1e-12)
+    grid = np.linspace(nodes.min() - 3 * sigma, nodes.max() + 3 * sigma, 1001)
+    peak = 0.0
+    for (phase, m), colour in zip(measurements.items(), ("tab:blue", "tab:orange"), strict=False):
+        _, density = gaussian_density(m.arrays["density_nodes"], m.arrays["density_weights"],
+                                      grid, sigma=sigma)
+        density_axes.plot(grid, density, color=colour, label=phase)
+        peak = max(peak, float(density.max()))
+        for key, style in (("eigenvalues", "-o"), ("ggn_eigenvalues", "--"),
+                           ("kfac_eigenvalues", ":")):
+            if key in m.arrays:
+                label = f"{phase} {key.removesuffix('eigenvalues').rstrip('_') or 'hessian'}"
+                top_axes.plot(np.arange(1, len(m.arrays[key]) + 1), m.arrays[key], style,
+                              color=colour, markersize=3, label=label)
+    density_axes.set(yscale="log", xlabel="eigenvalue", ylabel="density (SLQ, smoothed)",
+                     ylim=(1e-6 * peak, 2 * peak))
+    top_axes.set(yscale="log", xlabel="index", ylabel="eigenvalue (log: positive ones)",
+                 title="top-k")
+    for axes in (density_axes, top_axes):
+        axes.legend(fontsize="small")
+    figure.suptitle(title)
+    return figure
+
+
+def summary_line(step: int, label: str, measurements: dict[str, Measurement]) -> str:
+    """E.g. `spectrum @ 200,000 Empty → DoorKey (pre → post) | λmax 3.2 → 10.9 | ... | 2.4 s`."""
+    phases = " → ".join(measurements)
+    parts = [f"spectrum @ {step:,} {label} ({phases})"]
+    for text, name, fmt in SUMMARY:
+        parts.append(f"{text} " + " → ".join(format(m.scalars[name], fmt)
+                                            for m in measurements.values()))
+    parts.append(f"{sum(m.seconds for m in measurements.values()):.1f} s")
+    return " | ".join(parts)

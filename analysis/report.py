@@ -1,0 +1,211 @@
+"""`pliable report RUNS_DIR`: the tidy table, the statistics of a plasticity study, plots, and a
+report (report.md and a self-contained report.html) that shows them.
+
+    RUNS_DIR/report/results.csv        the tidy table (analysis.results), or results.parquet
+    RUNS_DIR/report/tables/*.csv       every statistic below, one row per run/task/group
+    RUNS_DIR/report/figures/*.png|pdf  learning curves, plasticity ratio per task, densities
+    RUNS_DIR/report/report.md|html
+
+Only finished runs enter the statistics; the others are listed. Warnings raised on the way (a
+task whose reference learns nothing, a run missing a task, ...) end up in the report's notes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+from agents.config import ConfigError
+from analysis import plots
+from analysis.aggregate import (
+    REFERENCE,
+    SEGMENT_KEYS,
+    aggregate_with_ci,
+    final_performance,
+    forgetting,
+    plasticity_ratio,
+    ratio_trend,
+    spectral_correlation,
+    switch_spectra,
+    task_scores,
+)
+from analysis.document import Document
+from analysis.report_tables import (
+    left_out_runs,
+    per_task_table,
+    spectral_tables,
+    summary_table,
+)
+from analysis.results import find_run_dirs, read_runs, read_switch_densities, save_table
+
+SPECTRUM_PREFIXES = {"post": "spectrum/post/", "pre": "spectrum/pre/"}
+
+
+def analyse(table: pd.DataFrame, reference: str) -> dict[str, pd.DataFrame]:
+    """Every statistic of the report as a tidy frame, by name; the plasticity ratios and what
+    needs them only when `reference` has runs."""
+    scores = task_scores(table)
+    stats = {"task_scores": scores, "final_performance": final_performance(scores),
+             "forgetting": forgetting(scores)}
+    aggregates = [aggregate_with_ci(scores, "auc").assign(value="auc")]
+    if reference in set(scores["strategy_set"]):
+        ratios = plasticity_ratio(scores, reference, score="auc")
+        by_return = plasticity_ratio(scores, reference, score="mean_return")
+        ratios = ratios.merge(by_return[[*SEGMENT_KEYS, "plasticity_ratio"]].rename(
+            columns={"plasticity_ratio": "return_ratio"}), on=SEGMENT_KEYS)
+        stats["plasticity_ratios"] = ratios
+        stats["ratio_trend"] = ratio_trend(ratios)
+        aggregates = [aggregate_with_ci(ratios, value).assign(value=value)
+                      for value in ("plasticity_ratio", "return_ratio")] + aggregates
+        studied = ratios[ratios["strategy_set"] != reference]
+        stats["spectral_correlation"] = pd.concat([
+            spectral_correlation(table, studied, prefix=prefix).assign(measured=kind)
+            for kind, prefix in SPECTRUM_PREFIXES.items()], ignore_index=True)
+    stats["aggregate"] = pd.concat(aggregates, ignore_index=True)
+    run_labels = table[["run", "agent", "sequence", "strategy_set"]].drop_duplicates()
+    stats["switch_spectra"] = pd.concat([
+        switch_spectra(table, prefix).assign(measured=kind)
+        for kind, prefix in SPECTRUM_PREFIXES.items()], ignore_index=True).merge(run_labels)
+    return stats
+
+
+def collect_densities(root: Path, table: pd.DataFrame) -> dict[str, dict[int, list]]:
+    """strategy set -> switch -> [(nodes, weights) per run] from the runs' spectra/ files."""
+    densities: dict[str, dict[int, list]] = {}
+    for run, strategy_set in table[["run", "strategy_set"]].drop_duplicates().itertuples(
+            index=False):
+        for switch, nodes, weights in read_switch_densities(root / run):
+            densities.setdefault(strategy_set, {}).setdefault(switch, []).append((nodes, weights))
+    return densities
+
+
+def write_report(root: Path, out: Path, reference: str = REFERENCE,
+                 table_format: str = "csv", explicit_reference: bool = False) -> Path:
+    """Read the finished runs under `root`, write everything into `out`; returns report.md."""
+    if not root.is_dir():
+        raise ConfigError(f"runs directory not found: {root}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = read_runs(root, statuses=("finished",))
+        if table.empty:
+            raise ConfigError(f"no finished runs under {root} (a run directory holds "
+                              "config.yaml, TensorBoard events and status.json)")
+        sets = sorted(table["strategy_set"].unique())
+        if explicit_reference and reference not in sets:
+            raise ConfigError(f"--reference: no finished runs of strategy set '{reference}' "
+                              f"(sets: {', '.join(sets)})")
+        stats = analyse(table, reference)
+        densities = collect_densities(root, table)
+    notes = list(dict.fromkeys(str(warning.message) for warning in caught))
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_table(table, out / f"results.{table_format}")
+    (out / "tables").mkdir(exist_ok=True)
+    for name, frame in stats.items():
+        frame.to_csv(out / "tables" / f"{name}.csv", index=False)
+    written = [out / f"results.{table_format}", *(out / "tables" / f"{name}.csv"
+                                                  for name in stats)]
+    figures = out / "figures"
+    doc = Document(f"Plasticity benchmark: {root.name}")
+    _overview(doc, root, table, reference, stats)
+    doc.heading("Summary")
+    doc.table(summary_table(stats))
+    doc.heading("Learning curves")
+    doc.figure(plots.learning_curves(table, figures / "learning_curves", reference),
+               "Episodic return (mean over seeds ± standard error); dotted lines: task switches")
+    doc.heading("Per task")
+    if "plasticity_ratios" in stats:
+        doc.figure(plots.ratio_per_task(stats["plasticity_ratios"], figures / "plasticity_ratio",
+                                        reference),
+                   "Plasticity ratio of each task position (mean over seeds ± standard error); "
+                   "1 = learns the task as well as a fresh network")
+    doc.table(per_task_table(stats))
+    _spectral_section(doc, stats, densities, figures)
+    written += [png.with_suffix(suffix) for png in doc.figures() for suffix in (".png", ".pdf")]
+    doc.heading("Files")
+    doc.bullets([f"`{path.relative_to(out).as_posix()}`" for path in written])
+    if notes:
+        doc.heading("Notes")
+        doc.bullets(notes)
+    (out / "report.md").write_text(doc.markdown(out))
+    (out / "report.html").write_text(doc.html())
+    return out / "report.md"
+
+
+def _overview(doc: Document, root: Path, table: pd.DataFrame, reference: str, stats) -> None:
+    runs = table[["run", "strategy_set"]].drop_duplicates()
+    counts = runs.groupby("strategy_set")["run"].count()
+    lines = [f"Runs directory: `{root}`",
+             f"{len(runs)} finished runs: " + ", ".join(f"{name} ({n})"
+                                                         for name, n in counts.items())]
+    left_out = left_out_runs(root, find_run_dirs(root))
+    if left_out:
+        lines.append(f"Left out, not finished: {', '.join(left_out)}")
+    if "plasticity_ratios" in stats:
+        lines.append(f"Plasticity ratio: a run's area under the learning curve on a task, over "
+                     f"the mean of the `{reference}` runs on the same task (1 = learns it as "
+                     "well as a freshly initialised network)")
+    else:
+        lines.append(f"No finished runs of the reference strategy set `{reference}`, so no "
+                     "plasticity ratios: run the bench with `reference: true` or pass "
+                     "`--reference NAME`")
+    doc.bullets(lines)
+    doc.text("AUC is the time-average of the learning curve over a task's segment. IQM and mean "
+             "pool every seed and task position; their 95% confidence intervals come from a "
+             "stratified bootstrap (runs resampled within each task position, 10,000 "
+             "replicates; Agarwal et al. 2021). The trend is the least-squares slope of the ratio "
+             "against the task position, per run, averaged over seeds (t-interval). Final "
+             "return: the return in the last 10% of each task's last visit. Forgetting: the best "
+             "earlier return on leaving a task minus the return on arriving at it again.")
+
+
+def _spectral_section(doc: Document, stats, densities, figures: Path) -> None:
+    doc.heading("Spectral monitor at switches")
+    values, correlation = spectral_tables(stats)
+    if values.empty:
+        doc.text("The logs hold no `spectrum/post/*` or `spectrum/pre/*` scalars: the spectral "
+                 "monitor was off (`monitor.enabled`) or not available when these runs trained.")
+    else:
+        doc.text("Mean over seeds of what the monitor measured at each switch, on the new "
+                 "task's batch (post) and on the old task's last batch (pre).")
+        doc.table(values)
+        if not correlation.empty:
+            doc.text("Correlation of each number at a switch with the plasticity ratio of the "
+                     "task that starts there, pooled over the runs under study (reference "
+                     "excluded):")
+            doc.table(correlation)
+    if densities:
+        doc.figure(plots.switch_densities(densities, figures / "hessian_density"),
+                   "Hessian eigenvalue density after successive switches (seeds averaged)")
+    else:
+        doc.text("No `spectra/switch_###_post.npz` files with density nodes and weights: no "
+                 "densities to plot.")
+
+
+def report_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pliable report", description="Tables, robust statistics, plots and a report "
+        "(Markdown and HTML) from the TensorBoard logs of a runs directory.")
+    parser.add_argument("runs_dir", help="directory holding run directories (e.g. runs/bench/X)")
+    parser.add_argument("--out", help="output directory (default: RUNS_DIR/report)")
+    parser.add_argument("--reference", help=f"strategy set the plasticity ratio divides by "
+                        f"(default: {REFERENCE})")
+    parser.add_argument("--format", choices=("csv", "parquet"), default="csv",
+                        help="file format of the tidy table (default: csv)")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = report_parser().parse_args(argv)
+    root = Path(args.runs_dir)
+    out = Path(args.out) if args.out else root / "report"
+    report = write_report(root, out, args.reference or REFERENCE, args.format,
+                          explicit_reference=args.reference is not None)
+    print(f"report: {report}\n        {report.with_suffix('.html')}")
+    return 0

@@ -1,0 +1,133 @@
+"""What the spectral monitor costs: its share of a run's wall time, and one Hessian-vector product
+against one training gradient step.
+
+    .venv/bin/python bench/monitor_bench.py                 # MiniGrid default, then Atari (short)
+    .venv/bin/python bench/monitor_bench.py --skip-atari    # ~1.5 min on a 2-core CPU
+    .venv/bin/python bench/monitor_bench.py --skip-atari --full   # the whole default run
+
+Each config is trained shortened (fewer env steps per task, the same per-measurement work), with
+the monitor's default settings. The monitor times its own hooks, so its share is measured
+directly; the share for the full config is projected: training time scales with env steps,
+spectrum time with the number of measurements (pre and post at every boundary), feature-metric
+time with the number of gradient updates (proportional to env steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from agents.config import load_config  # noqa: E402
+from agents.logger import RunLogger  # noqa: E402
+from agents.loop import Trainer  # noqa: E402
+from analysis.hessian import HessianOperator  # noqa: E402
+from analysis.monitor import SpectralMonitor  # noqa: E402
+from analysis.monitor_metrics import loss_closure  # noqa: E402
+from envs.tasks import TaskSequence  # noqa: E402
+
+SETTINGS = {
+    # name: (config, overrides of the full run, overrides that shorten it)
+    "MiniGrid default (minigrid_ppo)": ("minigrid_ppo.yaml", [], ["sequence.switch_every=25000"]),
+    "Atari cycle (atari_cycle_ppo), one task": (
+        "atari_cycle_ppo.yaml", [], ["sequence.tasks=[{env_id: ALE/Pong-v5}]",
+                                     "sequence.cycles=1", "sequence.switch_every=2048"]),
+}
+
+
+def timed_run(cfg, run_dir: Path):
+    """Train with the monitor on; returns (wall seconds, monitor, trainer)."""
+    trainer = Trainer(cfg)
+    monitor = SpectralMonitor.for_trainer(trainer)
+    trainer.listeners.append(monitor)
+    logger = RunLogger(run_dir, trainer.sequence.total_steps, 1e9, io.StringIO())
+    start = time.perf_counter()
+    trainer.run(logger)
+    wall = time.perf_counter() - start
+    logger.close()
+    return wall, monitor, trainer
+
+
+def hvp_vs_gradient_step(trainer, monitor, repeats: int = 10) -> tuple[float, float]:
+    """Seconds of one HVP of the agent's loss and of one gradient step (forward, backward, Adam)
+    on the same monitored batch, the step on a copy of the network."""
+    agent = trainer.agent
+    seed = monitor.seed_for(0, "post")
+    batch = monitor.subsample(monitor.fresh_batch(trainer, trainer.sequence.segment(0), seed),
+                              seed)
+    operator = HessianOperator(loss_closure(agent, batch), dict(agent.network.named_parameters()))
+    vector = torch.randn(operator.dim, generator=torch.Generator().manual_seed(0))
+    operator.matvec(vector)  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        operator.matvec(vector)
+    hvp = (time.perf_counter() - start) / repeats
+    network = copy.deepcopy(agent.network)
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-8)
+    forward = lambda obs: network(obs, return_features=True)  # noqa: E731
+    timings = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        agent.loss(batch, forward)[0].backward()
+        optimizer.step()
+        timings.append(time.perf_counter() - start)
+    return hvp, sum(timings[1:]) / repeats
+
+
+def bench(name: str, config: str, full_overrides: list[str], short_overrides: list[str],
+          extra: list[str]) -> None:
+    full = load_config(config, [*full_overrides, *extra])
+    with tempfile.TemporaryDirectory() as tmp:
+        short = load_config(config, [*full_overrides, *short_overrides, *extra,
+                                     f"runs_root={tmp}", "monitor.enabled=true"])
+        wall, monitor, trainer = timed_run(short, Path(tmp) / "run")
+        hvp, step = hvp_vs_gradient_step(trainer, monitor)
+    spectrum, metrics = monitor.seconds["spectrum"], monitor.seconds["metrics"]
+    training = wall - spectrum - metrics
+    measurements = 2 * len(trainer.sequence)
+    full_sequence = TaskSequence.from_config(full.sequence, full.seed)
+    scale = full_sequence.total_steps / trainer.sequence.total_steps
+    full_measurements = 2 * len(full_sequence)
+    full_spectrum = spectrum / measurements * full_measurements
+    full_wall = training * scale + full_spectrum + metrics * scale
+    params = sum(p.numel() for p in trainer.agent.network.parameters())
+    print(f"\n{name}: {params:,} parameters, monitored batch {short.monitor.batch_size}, "
+          f"torch threads {torch.get_num_threads()}")
+    print(f"  shortened run: {trainer.sequence.total_steps:,} env steps in {wall:.1f} s; "
+          f"monitor {spectrum + metrics:.1f} s = {100 * (spectrum + metrics) / wall:.1f}% "
+          f"(spectrum {spectrum:.1f} s over {measurements} measurements = "
+          f"{spectrum / measurements:.2f} s each; plasticity metrics {metrics:.1f} s)")
+    print(f"  full run (projected): {full_sequence.total_steps:,} "
+          f"env steps, {full_wall:.0f} s; monitor {full_spectrum + metrics * scale:.0f} s = "
+          f"{100 * (full_spectrum + metrics * scale) / full_wall:.1f}% of the wall time")
+    print(f"  one HVP {1e3 * hvp:.1f} ms vs one training gradient step {1e3 * step:.1f} ms "
+          f"on the same batch: {hvp / step:.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip-atari", action="store_true")
+    parser.add_argument("--full", action="store_true",
+                        help="train the MiniGrid config at full length (minutes), no projection")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides for every config, "
+                        "e.g. torch_threads=1 monitor.ggn=false")
+    args = parser.parse_args()
+    for name, (config, full, short) in SETTINGS.items():
+        if args.skip_atari and "Atari" in name:
+            continue
+        if args.full and "MiniGrid" in name:
+            short = []
+        bench(name, config, full, short, args.overrides)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""What each plasticity strategy adds to a PPO gradient step, as a ratio to the plain step.
+
+    .venv/bin/python bench/strategy_overhead.py            # MiniGrid CNN and Nature CNN
+    .venv/bin/python bench/strategy_overhead.py minigrid   # one network only
+
+A Learner with the strategy switched on (its defaults, except schedule-driven ones that act on
+every step so their cost shows: redo every step, shrink_perturb per step) takes `steps` gradient
+steps of a PPO-sized minibatch (256 observations) through `Learner.optimize`. One torch thread.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from agents.config import NetworkConfig  # noqa: E402
+from agents.context import StepContext  # noqa: E402
+from agents.learner import Learner  # noqa: E402
+from agents.networks import make_spec  # noqa: E402
+from agents.plasticity.base import STRATEGIES, build_strategies  # noqa: E402
+
+NETWORKS = {  # name: (observation shape, observation high, gradient steps to time)
+    "minigrid": ((7, 7, 3), 10, 20),
+    "nature": ((4, 84, 84), 255, 3),
+}
+EVERY_STEP = {"redo": {"every_steps": 1}, "shrink_perturb": {"when": "step"}}
+
+
+def seconds_per_step(name: str | None, shape, high: int, steps: int) -> float:
+    torch.manual_seed(0)
+    space = gym.spaces.Box(0, high, shape, np.uint8)
+    spec = make_spec(OmegaConf.structured(NetworkConfig), space, {"policy": 7, "value": 1},
+                     {"policy": 0.01, "value": 1.0})
+    plasticity = {name: EVERY_STEP.get(name, {})} if name else {}
+    learner = Learner(spec, build_strategies(OmegaConf.create(plasticity)),
+                      dict(agent="ppo", seed=0), 2.5e-4, 1e-5, 0.5, torch.device("cpu"))
+    obs = torch.randint(0, high + 1, (256, *shape), dtype=torch.uint8)
+    learner.ctx.sample_obs = lambda n, generator: obs[:n]
+    learner.setup()
+
+    def step():
+        outputs, features = learner.network(obs, return_features=True)
+        loss = (outputs["value"] - 1).pow(2).mean() - outputs["policy"].log_softmax(-1).mean()
+        learner.optimize(StepContext(learner.ctx, obs, loss, outputs, features))
+
+    step()  # warm-up (and the step C-CHAIN needs before it has a previous network)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - start) / steps
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    import agents.plasticity  # noqa: F401
+
+    for network in sys.argv[1:] or list(NETWORKS):
+        shape, high, steps = NETWORKS[network]
+        base = seconds_per_step(None, shape, high, steps)
+        print(f"\n{network}: plain PPO step {1000 * base:.1f} ms (batch 256, {steps} steps)")
+        for name in sorted(STRATEGIES):
+            seconds = seconds_per_step(name, shape, high, steps)
+            print(f"  {name:18s} {1000 * seconds:8.1f} ms  x{seconds / base:5.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

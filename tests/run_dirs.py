@@ -1,0 +1,40 @@
+"""Run directories as the trainer leaves them, written by hand for the analysis tests."""
+
+import json
+
+import yaml
+from torch.utils.tensorboard import SummaryWriter
+
+SWITCH_EVERY = 100
+
+
+def make_config(**changes):
+    config = {
+        "agent": "ppo",
+        "seed": 3,
+        "exp_name": "",
+        "plasticity": {"redo": {"threshold": 0.1}, "l2": {"coef": 1e-4}},
+        "sequence": {
+            "switch_every": SWITCH_EVERY,
+            "cycles": 2,
+            "order": "fixed",
+            "tasks": [{"name": "A", "env_id": "EnvA-v0", "kwargs": {}},
+                      {"name": "B", "env_id": "EnvB-v0", "kwargs": {"mode": 2}}],
+        },
+    }
+    config.update(changes)
+    return config
+
+
+def write_run(run_dir, scalars, config=None, status=None):
+    """A run dir as the trainer leaves it: config.yaml, event files, optionally status.json."""
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config or make_config()))
+    writer = SummaryWriter(str(run_dir))
+    for tag, points in scalars.items():
+        for step, value in points:
+            writer.add_scalar(tag, value, step)
+    writer.close()
+    if status:
+        (run_dir / "status.json").write_text(json.dumps({"status": status}))
+    return run_dir

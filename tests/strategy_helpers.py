@@ -1,0 +1,64 @@
+"""A small learner with strategies switched on, for tests that check a mechanism on the weights."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from agents.config import NetworkConfig
+from agents.context import StepContext
+from agents.learner import Learner
+from agents.networks import make_spec
+from agents.plasticity.base import build_strategies
+
+SPACES = {
+    "mlp": gym.spaces.Box(-1, 1, (6,), np.float32),
+    "cnn": gym.spaces.Box(0, 10, (7, 7, 3), np.uint8),  # MiniGrid's CNN: conv -> flatten -> fc
+}
+
+
+def make_learner(plasticity: dict, arch: str = "mlp", agent: str = "ppo", lr: float = 1e-3,
+                 seed: int = 0, batch: int = 32) -> Learner:
+    """A Learner (Adam, no clipping) with `plasticity` switched on and a fixed observation batch
+    behind ctx.sample_obs."""
+    torch.manual_seed(seed)
+    space = SPACES[arch]
+    net_cfg = OmegaConf.merge(OmegaConf.structured(NetworkConfig),
+                              {"hidden_sizes": [16, 12], "width": 0.5 if arch == "cnn" else 1})
+    spec = make_spec(net_cfg, space, {"policy": 4, "value": 1}, {"policy": 0.01, "value": 1.0})
+    learner = Learner(spec, build_strategies(OmegaConf.create(plasticity), agent),
+                      dict(agent=agent, seed=seed), lr, 1e-8, None, torch.device("cpu"))
+    learner.obs = observations(arch, batch, seed)
+    learner.ctx.sample_obs = lambda n, generator: learner.obs[:n]
+    learner.setup()
+    return learner
+
+
+def observations(arch: str, n: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    if arch == "cnn":
+        return torch.randint(0, 11, (n, 7, 7, 3), generator=generator, dtype=torch.uint8)
+    return torch.randn(n, 6, generator=generator)
+
+
+def step_context(learner: Learner, obs=None, loss_fn=None) -> StepContext:
+    """A forward pass on `obs` and a loss (default: a zero loss connected to every output)."""
+    obs = learner.obs if obs is None else obs
+    outputs, features = learner.network(obs, return_features=True)
+    if loss_fn is None:
+        loss = sum(o.sum() for o in outputs.values()) * 0.0
+    else:
+        loss = loss_fn(outputs)
+    return StepContext(learner.ctx, obs, loss, outputs, features)
+
+
+def optimize(learner: Learner, steps: int = 1, loss_fn=None) -> None:
+    for _ in range(steps):
+        learner.optimize(step_context(learner, loss_fn=loss_fn))
+
+
+def value_loss(outputs):
+    """A loss with a real gradient on every parameter the value head depends on."""
+    return (outputs["value"] - 1.0).pow(2).mean() + outputs["policy"].pow(2).mean()

@@ -1,0 +1,240 @@
+"""The spectral monitor: a pure observer (bitwise), correct against a dense float64 Hessian of the
+agent's own loss, and its files, TensorBoard tags and console lines hold what it computed."""
+
+import copy
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from agents.config import ConfigError
+from agents.loop import AGENTS, Listener, Trainer
+from agents.train import run_training
+from analysis.hessian import flatten_params, unflatten_params
+from analysis.monitor import SpectralMonitor
+from analysis.monitor_metrics import (
+    eps_rank,
+    heads_output_fn,
+    measure_spectrum,
+    plasticity_metrics,
+)
+
+TINY = {"ppo": "tiny.yaml", "dqn": "tiny_dqn.yaml"}  # the agent's own tiny config
+SHORT = ("sequence.switch_every=512", "ppo.num_steps=32")
+FAST_MONITOR = ("monitor.enabled=true", "monitor.batch_size=64", "monitor.top_k=4",
+                "monitor.lanczos_steps=12", "monitor.ggn_steps=12", "monitor.density_probes=2",
+                "monitor.density_steps=8", "monitor.trace_probes=4", "monitor.ntk_samples=8",
+                "monitor.metrics_every=16")
+CARTPOLE = ("sequence.tasks=[{env_id: CartPole-v1}]", "network.arch=mlp",
+            "network.hidden_sizes=[6]", "monitor.float64=true", "monitor.top_k=5",
+            "monitor.lanczos_steps=100", "monitor.trace_probes=30")
+
+
+class FinalState(Listener):
+    def on_run_end(self, trainer):
+        self.params = {k: v.clone() for k, v in trainer.agent.network.state_dict().items()}
+        self.optimizer = copy.deepcopy(trainer.agent.learner.optimizer.state_dict())
+
+
+def train(cfg):
+    """Train through the CLI's path; returns (run dir, console text, final state)."""
+    final, stream = FinalState(), io.StringIO()
+    assert run_training(cfg, [final], stream) == 0
+    (run_dir,) = [path.parent for path in Path(cfg.runs_root).rglob("config.yaml")]
+    return run_dir, stream.getvalue(), final
+
+
+def events(run_dir) -> EventAccumulator:
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "histograms": 0,
+                                                        "images": 0})
+    acc.Reload()
+    return acc
+
+
+@pytest.mark.parametrize("agent", sorted(AGENTS))
+def test_monitor_is_a_pure_observer(agent, tiny_cfg, tmp_path):
+    """Same seed, monitor off and on (every measurement, periodic ones and feature metrics):
+    identical parameters, optimizer state and episode returns."""
+    off_dir, _, off = train(tiny_cfg(*SHORT, f"runs_root={tmp_path / 'off'}", path=TINY[agent]))
+    on_dir, console, on = train(tiny_cfg(*SHORT, *FAST_MONITOR, "monitor.every_steps=256",
+                                         f"runs_root={tmp_path / 'on'}", path=TINY[agent]))
+    assert "spectrum @" in console and list((on_dir / "spectra").glob("step_*.npz"))
+    assert any(t.startswith("plasticity/erank/") for t in events(on_dir).Tags()["scalars"])
+    for name, value in off.params.items():
+        assert torch.equal(value, on.params[name]), name
+    for index, state in off.optimizer["state"].items():
+        for key, value in state.items():
+            assert torch.equal(value, on.optimizer["state"][index][key]), (index, key)
+    returns = [[(e.step, e.value) for e in events(d).Scalars("charts/episodic_return")]
+               for d in (off_dir, on_dir)]
+    assert returns[0] and returns[0] == returns[1]
+
+
+def dense_hessian_of_agent_loss(agent, batch):
+    """The agent's loss through a float64 copy of its network, differentiated twice densely."""
+    network = copy.deepcopy(agent.network).double()
+    like = {name: p.detach() for name, p in network.named_parameters()}
+
+    def loss_of(vector):
+        params = unflatten_params(vector, like)
+        forward = lambda obs: torch.func.functional_call(  # noqa: E731
+            network, params, (obs,), {"return_features": True})
+        return agent.loss(batch, forward)[0]
+
+    return torch.autograd.functional.hessian(loss_of, flatten_params(like)), network, like
+
+
+@pytest.mark.parametrize("method", ["lanczos", "eigsh"])
+@pytest.mark.parametrize("agent", sorted(AGENTS))
+def test_spectrum_matches_dense_float64_hessian_of_the_agents_loss(agent, method, tiny_cfg):
+    cfg = tiny_cfg(*CARTPOLE, f"monitor.method={method}", path=TINY[agent])
+    trainer = Trainer(cfg)
+    envs = trainer.env_factory.make_vector(trainer.sequence.segment(0).task)
+    batch = trainer.agent.probe_batch(envs, 16, seed=3)
+    envs.close()
+    measured = measure_spectrum(trainer.agent, batch, cfg.monitor, seed=0)
+
+    hessian, network64, like = dense_hessian_of_agent_loss(trainer.agent, batch)
+    exact = torch.linalg.eigvalsh(hessian).flip(0).numpy()
+    top = measured.arrays["eigenvalues"]
+    assert measured.arrays["num_params"] == hessian.shape[0] < 60
+    np.testing.assert_allclose(top, exact[:5], rtol=1e-4, atol=1e-10 * abs(exact).max())
+    assert measured.scalars["lambda_max"] == top[0]
+    live_loss = trainer.agent.loss(batch, lambda o: trainer.agent.network(o, return_features=True))
+    assert measured.scalars["loss"] == pytest.approx(live_loss[0].item(), rel=1e-5)
+    # Hutchinson is unbiased with variance 2(||H||_F^2 - sum H_jj^2) per probe.
+    spread = math.sqrt(2 * float((hessian**2).sum() - (hessian.diag() ** 2).sum()) / 30)
+    assert abs(measured.scalars["trace"] - float(hessian.trace())) <= 4 * spread + 1e-9
+    # The SLQ density runs in the full Krylov space: its mean is a trace estimate, its
+    # extreme nodes are the extreme eigenvalues.
+    nodes, weights = measured.arrays["density_nodes"], measured.arrays["density_weights"]
+    assert weights.sum() == pytest.approx(1.0)
+    assert nodes.max() == pytest.approx(exact[0], rel=1e-6)
+    assert nodes.min() == pytest.approx(exact[-1], rel=1e-6, abs=1e-9)
+    # Gauss-Newton J^T H_out J, densely, of the agent's loss on its head outputs.
+    outputs = heads_output_fn(network64, batch.obs)(like)
+    sizes = [head.out_features for head in network64.heads.values()]
+    jacobian = torch.func.jacrev(lambda v: heads_output_fn(network64, batch.obs)(
+        unflatten_params(v, like)))(flatten_params(like)).reshape(outputs.numel(), -1)
+
+    def loss_on_outputs(flat):
+        heads = dict(zip(network64.heads, flat.reshape(outputs.shape).split(sizes, 1)))
+        return trainer.agent.loss(batch, lambda obs: (heads, {}))[0]
+
+    output_hessian = torch.autograd.functional.hessian(loss_on_outputs, outputs.reshape(-1))
+    ggn = torch.linalg.eigvalsh(jacobian.T @ output_hessian @ jacobian).flip(0).numpy()
+    np.testing.assert_allclose(measured.arrays["ggn_eigenvalues"], ggn[:5], rtol=1e-4,
+                               atol=1e-10 * abs(ggn).max())
+    hidden = trainer.agent.network.blocks["fc1"].layer
+    assert 1 <= measured.scalars["kfac/fc1/a_rank"] <= hidden.in_features + 1
+    assert measured.scalars["kfac/lambda_max"] == measured.arrays["kfac_eigenvalues"][0] == max(
+        v for k, v in measured.scalars.items() if k.startswith("kfac/") and "/lambda_max" in k
+        and k != "kfac/lambda_max")
+
+
+@pytest.mark.parametrize("agent", sorted(AGENTS))
+def test_files_tags_and_console_hold_the_computed_values(agent, tiny_cfg, tmp_path):
+    cfg = tiny_cfg(*FAST_MONITOR, path=TINY[agent])
+    run_dir, console, _ = train(cfg)
+    segments = len(Trainer(cfg).sequence)
+    lines = [line for line in console.splitlines() if line.startswith("spectrum @")]
+    assert len(lines) == segments + 1  # the start, every switch, the end
+    assert "(pre → post)" in lines[1] and "λmax" in lines[1] and "τ-train" in lines[1]
+
+    acc = events(run_dir)
+    files = sorted((run_dir / "spectra").glob("switch_*.npz"))
+    assert len(files) == 2 * segments
+    for path in files:
+        saved = np.load(path)
+        phase = str(saved["phase"])
+        assert path.stem.endswith(phase)
+        assert saved["density_weights"].sum() == pytest.approx(1.0)
+        assert len(saved["density_nodes"]) == len(saved["density_weights"]) == 2 * 8
+        for name in ("lambda_max", "trace", "eps_rank", "effective_rank", "tau_trainability",
+                     "negative_fraction", "ggn/lambda_max", "kfac/fc1/a_rank"):
+            logged = {e.step: e.value for e in acc.Scalars(f"spectrum/{phase}/{name}")}
+            assert logged[int(saved["step"])] == pytest.approx(float(saved[name]), rel=1e-6)
+        assert saved["lambda_max"] == saved["eigenvalues"][0]
+    assert {"spectrum/pre/top_eigenvalues", "spectrum/post/density",
+            "spectrum/post/ggn_top_eigenvalues"} <= set(acc.Tags()["histograms"])
+    assert len(acc.Images("spectrum/density_plot")) == segments + 1
+    scalars = set(acc.Tags()["scalars"])
+    for tag in ("plasticity/dormant_ratio_0.025/all", "plasticity/srank/fc1",
+                "plasticity/jacobian_share_in_band/conv1", "plasticity/weight_change/all",
+                "plasticity/grad_norm", "plasticity/ntk_rank"):
+        assert tag in scalars, tag
+
+    # The first post measurement, recomputed from scratch: the same seed gives the same init.
+    trainer = Trainer(cfg)
+    monitor = SpectralMonitor.for_trainer(trainer)
+    seed = monitor.seed_for(0, "post")
+    batch = monitor.subsample(monitor.fresh_batch(trainer, trainer.sequence.segment(0), seed),
+                              seed)
+    again = measure_spectrum(trainer.agent, batch, cfg.monitor, seed)
+    saved = np.load(run_dir / "spectra" / "switch_000_post.npz")
+    np.testing.assert_allclose(saved["eigenvalues"], again.arrays["eigenvalues"], rtol=1e-6)
+    np.testing.assert_allclose(saved["density_nodes"], again.arrays["density_nodes"], rtol=1e-6,
+                               atol=1e-9)
+    assert float(saved["trace"]) == pytest.approx(again.scalars["trace"], rel=1e-6)
+
+
+def test_plasticity_metrics_against_hand_computations(tiny_cfg):
+    cfg = tiny_cfg("monitor.ntk=false")
+    trainer = Trainer(cfg)
+    agent, network = trainer.agent, trainer.agent.network
+    with torch.no_grad():  # one dead unit in fc1: zero weights and a negative bias
+        network.blocks["fc1"].layer.weight[0] = 0
+        network.blocks["fc1"].layer.bias[0] = -1
+    envs = trainer.env_factory.make_vector(trainer.sequence.segment(0).task)
+    batch = agent.probe_batch(envs, 16, seed=0)
+    envs.close()
+    shift = {name: torch.full_like(p, 0.01) for name, p in network.named_parameters()}
+    start = {name: p.detach() - shift[name] for name, p in network.named_parameters()}
+    metrics = plasticity_metrics(agent, batch, start, cfg.monitor, seed=0)
+
+    fc1 = network(batch.obs, return_features=True)[1]["fc1"].detach()
+    silent = (fc1.abs().sum(0) == 0).double().mean()
+    assert silent >= 1 / fc1.shape[1]
+    assert metrics["dormant_ratio_0/fc1"] == pytest.approx(float(silent))
+    assert metrics["active_fraction/fc1"] == pytest.approx(float((fc1 > 0).double().mean()))
+    weight = network.blocks["fc1"].layer.weight
+    assert metrics["weight_norm/fc1"] == pytest.approx(float(weight.norm()), rel=1e-6)
+    assert metrics["weight_change/fc1"] == pytest.approx(0.01 * weight.numel() ** 0.5, rel=1e-4)
+    total = sum(p.numel() for p in network.parameters())
+    assert metrics["weight_change/all"] == pytest.approx(0.01 * total**0.5, rel=1e-4)
+    loss = agent.loss(batch, lambda obs: network(obs, return_features=True))[0]
+    gradient = torch.autograd.grad(loss, list(network.parameters()))
+    expected = torch.cat([g.reshape(-1) for g in gradient]).norm()
+    assert metrics["grad_norm"] == pytest.approx(float(expected), rel=1e-5)
+    assert 0 < metrics["jacobian_mean/fc1"] and 0 <= metrics["jacobian_share_in_band/fc1"] <= 1
+    assert all(p.grad is None for p in network.parameters())  # autograd.grad only
+
+
+def test_eps_rank_is_exact_within_the_top_k_and_estimated_beyond():
+    nodes, weights = np.array([10.0, 1.0, 0.0]), np.array([0.1, 0.2, 0.7])
+    # λ_k = 0.05 is below 0.01·10: the count among the top-k is exact.
+    assert eps_rank(np.array([10.0, 5.0, 0.2, 0.05]), nodes, weights, 0.01, dim=100) == 3
+    # Every top-k eigenvalue qualifies: 100 × the density's mass above 0.1 = 30.
+    saturated = np.array([10.0, 5.0, 4.0, 3.0])
+    assert eps_rank(saturated, nodes, weights, 0.01, dim=100) == pytest.approx(30)
+    # ... but never fewer than the k counted.
+    assert eps_rank(saturated, nodes, weights, 0.01, dim=10) == 4
+
+
+@pytest.mark.parametrize("override, key", [
+    ("monitor.method=power", "monitor.method"),
+    ("monitor.lanczos_steps=5", "monitor.lanczos_steps"),
+    ("monitor.tau=0", "monitor.tau"),
+    ("monitor.metrics_every=-1", "monitor.metrics_every"),
+    ("monitor.top_k=100000", "monitor.top_k"),
+])
+def test_bad_monitor_settings_are_one_line_errors_before_anything_is_written(
+        override, key, tiny_cfg, tmp_path):
+    extra = ("monitor.lanczos_steps=100000",) if "top_k" in override else ()
+    with pytest.raises(ConfigError, match=key):
+        run_training(tiny_cfg("monitor.enabled=true", override, *extra), stream=io.StringIO())
+    assert not (tmp_path / "runs").exists()
