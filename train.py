@@ -15,7 +15,9 @@ Overrides are dotted keys of the config, applied after the file, type-checked:
   python train.py configs/minigrid_ppo.yaml ppo.learning_rate=1e-4 seed=3
   python train.py configs/atari_modes_ppo.yaml plasticity.l2.coef=1e-4 plasticity.redo={}
 Runs are written to runs/<exp_name>/<strategies>__s<seed>__<time>/ (config.yaml, TensorBoard
-events, status.json); an existing run directory is never overwritten.
+events, status.json, checkpoints/); an existing run directory is never overwritten.
+Ctrl-C (or SIGTERM) finishes the current update, writes a checkpoint and exits; then
+  python train.py --resume RUN_DIR            continues exactly where the run stopped
 """
 
 
@@ -27,6 +29,9 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config and exit")
+    parser.add_argument("--resume", metavar="RUN_DIR",
+                        help="continue a stopped run from its newest checkpoint, with its own "
+                        "config (overrides: print_every, checkpoint.*)")
     return parser
 
 
@@ -43,6 +48,13 @@ def train(argv: list[str]) -> int:
     from agents.train import run_training
 
     path, overrides = split_config_arg(args)
+    if args.resume:
+        from agents.config import ConfigError
+        from agents.resume import resume_training
+
+        if path is not None:
+            raise ConfigError(f"--resume uses the run's own config.yaml: drop '{path}'")
+        return resume_training(args.resume, overrides)
     cfg = load_config(path, overrides)
     if args.print_config:
         print(to_yaml(cfg), end="")
@@ -72,7 +84,15 @@ def report(argv: list[str]) -> int:
     return report_main(argv)
 
 
-COMMANDS = {"train": train, "strategies": strategies, "bench": bench, "report": report}
+def spectrum(argv: list[str]) -> int:
+    """`pliable spectrum`: the spectral monitor's measurements on a saved agent."""
+    from analysis.offline_spectrum import main as spectrum_main
+
+    return spectrum_main(argv)
+
+
+COMMANDS = {"train": train, "strategies": strategies, "bench": bench, "report": report,
+            "spectrum": spectrum}
 
 
 def cli(argv: list[str] | None = None) -> int:
@@ -83,7 +103,8 @@ def cli(argv: list[str] | None = None) -> int:
               "  train       train an agent on a task sequence (pliable train --help)\n"
               "  strategies  list the plasticity strategies, their settings and papers\n"
               "  bench       run a grid of strategy sets x sequences x seeds on Ray\n"
-              "  report      tables, robust statistics and plots from a runs directory",
+              "  report      tables, robust statistics and plots from a runs directory\n"
+              "  spectrum    Hessian spectrum of a checkpoint's agent on a fresh batch",
               file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         if argv and argv[0] not in ("-h", "--help"):
             print(f"error: unknown command '{argv[0]}'", file=sys.stderr)

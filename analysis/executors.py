@@ -44,9 +44,11 @@ class RayExecutor:
         self.ray = ray
         self.owns_ray = not ray.is_initialized()
         if self.owns_ray:
+            # A local instance stays on loopback (Ray would pick the host's network address).
+            local = {} if address else {"_node_ip_address": "127.0.0.1"}
             try:  # worker output goes to each run's log, not the console
                 ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                         logging_level=logging.WARNING)
+                         logging_level=logging.WARNING, **local)
             except ConnectionError as exc:
                 raise ConfigError(f"--address {address}: {str(exc).splitlines()[0]}") from None
         available = ray.cluster_resources()
