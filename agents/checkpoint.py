@@ -70,12 +70,13 @@ def list_checkpoints(run_dir: Path, sequence) -> list[tuple[int, Path]]:
 
 def prune(run_dir: Path, sequence, keep_last: int) -> None:
     """Keep the newest `keep_last` periodic checkpoints, replay buffers only beside the newest
-    `keep_last` checkpoints, and no temporary file left by a write that was killed."""
+    `keep_last` checkpoints of an unfinished run, and no file left by a write that was killed."""
     checkpoints = list_checkpoints(run_dir, sequence)
     periodic = [path for _, path in checkpoints if PERIODIC.match(path.name)]
     for path in periodic[:-keep_last]:
         path.unlink()
-    keep = {replay_path(path) for _, path in checkpoints[-keep_last:]}
+    finished = checkpoints[-1][1].name == FINAL
+    keep = set() if finished else {replay_path(path) for _, path in checkpoints[-keep_last:]}
     for path in (Path(run_dir) / CHECKPOINT_DIR).glob(f"*{REPLAY_SUFFIX}"):
         if path not in keep:
             path.unlink()
@@ -84,9 +85,10 @@ def prune(run_dir: Path, sequence, keep_last: int) -> None:
 
 
 # -- writing and reading ----------------------------------------------------------------------
-def atomic_save(obj, path: Path) -> None:
+def atomic_save(obj, path: str | Path) -> None:
     """torch.save into a temporary file of the same directory, fsync, then rename over `path`:
     a reader (or a crash at any instant) sees the old file or the new one, never a partial one."""
+    path = Path(path)
     check_loadable(obj, path.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -139,16 +141,22 @@ def safe_load(path: Path, device, mmap: bool = False):
     try:
         return torch.load(path, map_location=device, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
-        if "Weights only load failed" not in str(exc):
+        if "Weights only load failed" in str(exc):
+            what = re.search(r"GLOBAL (\S+)|Unsupported (operand \d+)", str(exc))
+            raise CheckpointError(
+                f"{path}: refused to load: it holds Python objects that loading would construct "
+                f"or run ({what[1] or what[2] if what else 'pickle'}); a checkpoint holds only "
+                "tensors and plain data") from None
+        raise CheckpointError(f"{path} is not a pliable checkpoint (not a torch file)") from None
+    except Exception as exc:  # zip errors of a truncated file, EOF, a foreign format, ...
+        with open(path, "rb") as file:
+            zipped = file.read(4) == b"PK\x03\x04"  # what torch.save writes
+        if not zipped:
             raise CheckpointError(f"{path} is not a pliable checkpoint (not a torch file)") \
                 from None
-        refused = [line.strip() for line in str(exc).splitlines() if "Unsupported" in line]
-        raise CheckpointError(f"{path}: refused to load: it holds Python objects that loading "
-                              f"would construct or run ({refused[0] if refused else 'pickle'}); "
-                              "a checkpoint holds only tensors and plain data") from None
-    except Exception as exc:  # zip errors of a truncated file, EOF, ...
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path} is truncated or corrupt ({reason})") from None
+        reason = str(exc).strip().split(". ")[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path} is truncated or corrupt ({reason.splitlines()[0]})") \
+            from None
 
 
 # -- what a trainer saves ---------------------------------------------------------------------

@@ -29,6 +29,7 @@ from agents.context import StepContext
 from agents.learner import Learner
 from agents.networks import make_spec
 from agents.replay import ReplayBuffer
+from agents.threads import acting_threads
 from envs.tasks import TaskSpec
 
 
@@ -98,7 +99,7 @@ class DQN:
         spec = make_spec(cfg.network, observation_space, heads={"q": self.num_actions})
         self.learner = Learner(spec, strategies, dict(agent=self.kind, seed=cfg.seed),
                                self.cfg.learning_rate, self.cfg.adam_eps,
-                               self.cfg.max_grad_norm, device)
+                               self.cfg.max_grad_norm, device, cfg.compile)
         self.network = self.learner.network
         self.target_network = copy.deepcopy(self.network).requires_grad_(False)
         self.ctx = self.learner.ctx
@@ -127,13 +128,16 @@ class DQN:
         return linear_schedule(self.cfg.start_e, self.cfg.end_e,
                                self.cfg.exploration_fraction * steps, t)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def act(self, obs: np.ndarray, epsilon: float, generator: torch.Generator) -> np.ndarray:
         """ε-greedy actions, one draw per env from `generator` (on the CPU)."""
-        greedy = self.network(torch.as_tensor(obs, device=self.device))["q"].argmax(1).cpu()
-        explore = torch.rand(len(greedy), generator=generator) < epsilon
-        random_actions = torch.randint(self.num_actions, (len(greedy),), generator=generator)
-        return torch.where(explore, random_actions, greedy).numpy()
+        explore = torch.rand(len(obs), generator=generator) < epsilon
+        random_actions = torch.randint(self.num_actions, (len(obs),), generator=generator)
+        if explore.all():  # no greedy action would be used (most steps while ε is high)
+            return random_actions.numpy()
+        with acting_threads():
+            q = self.network(torch.as_tensor(obs, device=self.device))["q"]
+        return torch.where(explore, random_actions, q.argmax(1).cpu()).numpy()
 
     def _env_step(self, envs, obs, epsilon, generator, buffer: ReplayBuffer):
         """One vector step stored in `buffer` (the true final obs where an episode ended)."""
@@ -222,7 +226,7 @@ class DQN:
     def train_step(self) -> dict[str, torch.Tensor]:
         """replay_ratio × train_frequency gradient updates, then the strategies' after_update.
         Returns each stat summed over the updates."""
-        forward = lambda obs: self.network(obs, return_features=True)  # noqa: E731
+        forward = self.learner.train_forward
         totals = Counter()  # update() sums values, tensors included
         for _ in range(self.updates_per_train_step):
             batch = self.make_batch(self.buffer.sample(self.cfg.batch_size, self.replay_rng))

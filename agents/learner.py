@@ -20,17 +20,22 @@ COUNTERS = ("global_step", "update_count", "iteration", "task_index", "task_name
 
 
 def adam_factory(learning_rate: float, eps: float):
-    """Adam with its settings bound (`.keywords`: a strategy replacing Adam reuses them)."""
-    return functools.partial(torch.optim.Adam, lr=learning_rate, eps=eps)
+    """Adam with its settings bound (`.keywords`: a strategy replacing Adam reuses them).
+    foreach: the multi-tensor kernels, bitwise the same numbers as torch's per-tensor loop (its
+    CPU default), 3x faster a step on the Nature CNN (bench/levers.py)."""
+    return functools.partial(torch.optim.Adam, lr=learning_rate, eps=eps, foreach=True)
 
 
 class Learner:
     def __init__(self, spec: NetworkSpec, strategies: StrategyStack, ctx_kwargs: dict,
                  learning_rate: float, adam_eps: float, max_grad_norm: Optional[float],
-                 device: torch.device):
+                 device: torch.device, compile: bool = False):
         self.strategies = strategies
         strategies.configure_network(spec)
         self.network = Network(spec).to(device)
+        # The forward pass (and so the backward) of every gradient step, torch.compile'd on
+        # request; acting and the spectral monitor's double backward use the eager network.
+        self.train_forward = torch.compile(self._forward) if compile else self._forward
         factory = strategies.configure_optimizer(adam_factory(learning_rate, adam_eps))
         self.optimizer = factory(list(self.network.parameters()))
         self.max_grad_norm = max_grad_norm
@@ -39,6 +44,9 @@ class Learner:
         # Set by any step whose loss is NaN/Inf; a device flag, read once per iteration (a host
         # sync per gradient step would stall a GPU).
         self.nonfinite_loss = torch.zeros((), dtype=torch.bool, device=device)
+
+    def _forward(self, obs: torch.Tensor):
+        return self.network(obs, return_features=True)
 
     def setup(self) -> None:
         """Call once the agent has filled in the rest of the context (targets, samplers)."""

@@ -34,6 +34,7 @@ class NetworkSpec:
     head_gains: dict[str, float] = field(default_factory=dict)
     input_scale: float = 1.0  # uint8 inputs are converted inside the network
     channels_last_input: bool = False  # MiniGrid images come as HWC
+    channels_last: bool = True  # image inputs, hence every conv, in NHWC memory layout
     activation: str = "relu"  # relu | crelu
     layer_norm: bool = False
     hidden_gain: float = math.sqrt(2)
@@ -74,9 +75,10 @@ def make_spec(net_cfg, observation_space, heads: dict[str, int],
     if arch == "minigrid_cnn":
         # MiniGrid cells hold small integer codes (object <= 10, colour <= 5, state <= 2).
         return NetworkSpec(shape, minigrid_cnn(shape, net_cfg.width), heads, head_gains or {},
-                           input_scale=0.1, channels_last_input=True)
+                           input_scale=0.1, channels_last_input=True,
+                           channels_last=net_cfg.channels_last)
     return NetworkSpec(shape, nature_cnn(shape, net_cfg.width), heads, head_gains or {},
-                       input_scale=1 / 255)
+                       input_scale=1 / 255, channels_last=net_cfg.channels_last)
 
 
 class Block(nn.Module):
@@ -159,10 +161,12 @@ class Network(nn.Module):
 
     # -- forward -----------------------------------------------------------------------------
     def _prepare(self, obs: torch.Tensor) -> torch.Tensor:
-        x = obs.float() * self.spec.input_scale
         if self.spec.channels_last_input:
-            x = x.permute(0, 3, 1, 2)
-        return x
+            obs = obs.permute(0, 3, 1, 2)  # HWC images: an NCHW view, NHWC in memory
+        if obs.dim() == 4:  # set the convolutions' memory layout on the small uint8 input
+            obs = obs.contiguous(memory_format=torch.channels_last if self.spec.channels_last
+                                 else torch.contiguous_format)
+        return obs.float() * self.spec.input_scale
 
     def forward(self, obs: torch.Tensor, return_features: bool = False):
         """Head outputs (name -> tensor); with return_features also each block's activations."""

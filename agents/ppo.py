@@ -16,6 +16,7 @@ from torch.distributions import Categorical
 from agents.context import StepContext
 from agents.learner import Learner
 from agents.networks import make_spec
+from agents.threads import acting_threads
 
 
 @dataclass
@@ -70,7 +71,7 @@ class PPO:
                          head_gains={"policy": 0.01, "value": 1.0})
         self.learner = Learner(spec, strategies, dict(agent=self.kind, seed=cfg.seed),
                                self.cfg.learning_rate, self.cfg.adam_eps,
-                               self.cfg.max_grad_norm, device)
+                               self.cfg.max_grad_norm, device, cfg.compile)
         self.network = self.learner.network
         self.ctx = self.learner.ctx
         self.ctx.sample_obs = self._sample_recent_obs
@@ -88,7 +89,7 @@ class PPO:
     def rollout(self, envs, obs, done, num_steps: int, on_step=None):
         """Collect num_steps per env with the current policy; returns (batch, obs, done)."""
         n = obs.shape[0]
-        store = dict(
+        store = dict(  # allocated outside inference mode: the update saves these for backward
             obs=torch.empty((num_steps, *obs.shape), dtype=obs.dtype, device=self.device),
             actions=torch.empty((num_steps, n), dtype=torch.long, device=self.device),
             logprobs=torch.empty((num_steps, n), device=self.device),
@@ -96,23 +97,26 @@ class PPO:
             dones=torch.empty((num_steps, n), device=self.device),
             values=torch.empty((num_steps, n), device=self.device),
         )
-        for t in range(num_steps):
-            store["obs"][t], store["dones"][t] = obs, done
-            out = self.network(obs)
-            dist = Categorical(logits=out["policy"])
-            action = dist.sample()
-            store["actions"][t], store["logprobs"][t] = action, dist.log_prob(action)
-            store["values"][t] = out["value"].squeeze(-1)
-            next_obs, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
-            if on_step is not None:
-                on_step(t, info)
-            if self.reward_transform is not None:
-                reward = self.reward_transform(reward)
-            store["rewards"][t] = torch.as_tensor(reward, device=self.device)
-            obs = torch.as_tensor(next_obs, device=self.device)
-            done = torch.as_tensor(np.logical_or(terminated, truncated), device=self.device,
-                                   dtype=torch.float32)
-        next_value = self.network(obs)["value"].squeeze(-1)
+        with acting_threads(), torch.inference_mode():
+            for t in range(num_steps):
+                store["obs"][t], store["dones"][t] = obs, done
+                out = self.network(obs)
+                dist = Categorical(logits=out["policy"], validate_args=False)
+                action = dist.sample()
+                store["actions"][t], store["logprobs"][t] = action, dist.log_prob(action)
+                store["values"][t] = out["value"].squeeze(-1)
+                next_obs, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
+                if on_step is not None:
+                    on_step(t, info)
+                if self.reward_transform is not None:
+                    reward = self.reward_transform(reward)
+                store["rewards"][t] = torch.as_tensor(reward, device=self.device)
+                obs = torch.as_tensor(next_obs, device=self.device)
+                done = torch.as_tensor(np.logical_or(terminated, truncated), device=self.device,
+                                       dtype=torch.float32)
+            next_value = self.network(obs)["value"].squeeze(-1)
+        # Inference tensors cannot be saved for backward: plain copies leave inference mode.
+        obs, done, next_value = obs.clone(), done.clone(), next_value.clone()
         advantages, returns = compute_gae(store["rewards"], store["values"], store["dones"],
                                           next_value, done, self.cfg.gamma, self.cfg.gae_lambda)
         flat = lambda x: x.reshape(num_steps * n, *x.shape[2:])  # noqa: E731
@@ -176,7 +180,7 @@ class PPO:
         return loss, stats, outputs, features
 
     def update(self, batch: RolloutBatch, generator: torch.Generator) -> dict:
-        forward = lambda obs: self.network(obs, return_features=True)  # noqa: E731
+        forward = self.learner.train_forward
         num_mb = min(self.cfg.num_minibatches, len(batch))
         totals: dict[str, torch.Tensor] = {}
         count = 0

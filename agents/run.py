@@ -54,9 +54,10 @@ def read_status(run_dir: Path) -> dict:
 
 @contextlib.contextmanager
 def run_lock(run_dir: Path):
-    """Held while a process trains in run_dir, so that a second one (a `--resume` of a live run)
-    is refused; the OS releases it when the process ends, even by kill -9."""
-    with open(Path(run_dir) / ".lock", "a") as file:
+    """Held (on config.yaml: no file of its own) while a process trains in run_dir, so that a
+    second one (a `--resume` of a live run) is refused; the OS releases it when the process ends,
+    even by kill -9."""
+    with open(Path(run_dir) / "config.yaml", "rb") as file:
         try:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -6,7 +6,14 @@ from __future__ import annotations
 import signal
 import sys
 
-from agents.checkpointer import Checkpointer, Diverged, DivergenceCheck, Stopped, stop_on_signals
+from agents.checkpointer import (
+    Checkpointer,
+    Diverged,
+    DivergenceCheck,
+    Stopped,
+    divergence,
+    stop_on_signals,
+)
 from agents.logger import RunLogger
 from agents.loop import Trainer
 from agents.run import log_config, new_run_dir, run_lock, save_config, write_status
@@ -24,8 +31,8 @@ def build_trainer(cfg, listeners=()) -> Trainer:
 def run_training(cfg, listeners=(), stream=sys.stdout) -> int:
     trainer = build_trainer(cfg, listeners)
     run_dir = new_run_dir(cfg)
+    save_config(run_dir, cfg)
     with run_lock(run_dir):
-        save_config(run_dir, cfg)
         logger = RunLogger(run_dir, trainer.sequence.total_steps, cfg.print_every, stream)
         log_config(logger.writer, cfg)
         return train_in(run_dir, trainer, logger, stream)
@@ -55,12 +62,14 @@ def train_in(run_dir, trainer, logger, stream=sys.stdout, restore=None) -> int:
               file=stream)
         return 130
     except Diverged as exc:
-        last = checkpointer.last_path
-        message = f"{exc}; the last good checkpoint is {last}" if last else str(exc)
-        write_status(run_dir, "failed", reason="diverged", step=exc.step, error=message,
-                     checkpoint=last and str(last))
-        print(f"error: {message}", file=sys.stderr)
-        return 1
+        return report_divergence(run_dir, exc, checkpointer.last_path)
+    except Exception as exc:
+        what = nonfinite_after_error(trainer)  # a NaN often fails a check first (logits, ...)
+        if what is None:
+            write_status(run_dir, "failed", step=ctx.global_step, error=repr(exc))
+            raise
+        diverged = Diverged(ctx.global_step, f"{what} ({type(exc).__name__} raised)")
+        return report_divergence(run_dir, diverged, checkpointer.last_path)
     except BaseException as exc:
         write_status(run_dir, "failed", step=ctx.global_step, error=repr(exc))
         raise
@@ -70,3 +79,20 @@ def train_in(run_dir, trainer, logger, stream=sys.stdout, restore=None) -> int:
     print(f"done: {ctx.global_step:,} env steps in {run_dir}\n"
           f"view the curves: tensorboard --logdir {run_dir.parent}", file=stream)
     return 0
+
+
+def nonfinite_after_error(trainer) -> str | None:
+    try:
+        return divergence(trainer.agent)
+    except Exception:  # the error broke the device too (CUDA errors persist): report the first
+        return None
+
+
+def report_divergence(run_dir, exc: Diverged, last_checkpoint) -> int:
+    """status.json says failed (reason diverged, the step, the last good checkpoint); exit 1."""
+    message = f"{exc}; the last good checkpoint is {last_checkpoint}" if last_checkpoint \
+        else f"{exc}; no checkpoint was written before"
+    write_status(run_dir, "failed", reason="diverged", step=exc.step, error=message,
+                 checkpoint=last_checkpoint and str(last_checkpoint))
+    print(f"error: {message}", file=sys.stderr)
+    return 1

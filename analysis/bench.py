@@ -87,18 +87,21 @@ def run_cell(cell: Cell) -> CellResult:
     """Train one cell; a failure is recorded in its run directory, never raised."""
     start = time.perf_counter()
     log = RunLog(cell.run_dir / LOG_FILE)
-    error = ""
+    error, raised = "", False
     try:
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             code = run_training(cell.cfg, stream=log)
-        status = "finished" if code == 0 else "interrupted"
+        # run_training's exit codes: 0 done, 130/143 stopped by a signal, else failed (diverged:
+        # its status.json already holds the reason).
+        status = {0: "finished", 130: "interrupted", 143: "interrupted"}.get(code, "failed")
+        if status == "failed":
+            error = read_status(cell.run_dir).get("error", f"run exited with status {code}")
     except Exception:
-        error = traceback.format_exc()
+        error, raised, status = traceback.format_exc(), True, "failed"
         log.write(error)
-        status = "failed"
     finally:
         log.close()
-    if error:
+    if raised:
         record_failure(cell.run_dir, error)
     return CellResult(cell.label, status, time.perf_counter() - start, error)
 

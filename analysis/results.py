@@ -116,7 +116,9 @@ def read_scalars(run_dir: str | Path) -> pd.DataFrame:
     accumulator = event_accumulator.EventAccumulator(
         str(run_dir),
         size_guidance={event_accumulator.SCALARS: 0},  # 0 = keep every event, no reservoir sampling
-        purge_orphaned_data=False,  # a run dir is written once: never drop out-of-order steps
+        # Drops only what a resumed run's SessionLog.START (SummaryWriter purge_step) hides: the
+        # events a stopped process logged after its last checkpoint, logged again on resume.
+        purge_orphaned_data=True,
     )
     accumulator.Reload()
     frames = [

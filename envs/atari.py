@@ -44,12 +44,13 @@ def game_info(env_id: str) -> tuple[str, tuple[int, ...], tuple[int, ...], tuple
 def check_task(task: TaskSpec) -> None:
     """A mode or difficulty the game lacks is a clear error listing the valid ones."""
     _, modes, difficulties, _ = game_info(task.env_id)
-    for key, valid in (("mode", modes), ("difficulty", difficulties)):
+    for key, plural, valid in (("mode", "modes", modes),
+                               ("difficulty", "difficulties", difficulties)):
         value = task.kwargs.get(key)
         if value is not None and value not in valid:
             raise ConfigError(
                 f"task '{task.name}': {task.env_id} has no {key} {value} "
-                f"(valid {key}s: {', '.join(map(str, valid))})"
+                f"(valid {plural}: {', '.join(map(str, valid))})"
             )
     unknown = set(task.kwargs) - {"mode", "difficulty"}
     if unknown:
@@ -70,14 +71,16 @@ def make_single(task: TaskSpec, env_cfg, full_action_space: bool) -> gym.Env:
         full_action_space=full_action_space,
         max_num_frames_per_episode=env_cfg.max_episode_frames, **task.kwargs,
     )
+    # FIRE for one frame, below the frame skip, and zero-padded first stacks: as ale-py's
+    # AtariVectorEnv does, so that both backends give the same frames (tests/test_fast_paths.py).
+    if env_cfg.fire_reset and "FIRE" in env.unwrapped.get_action_meanings():
+        env = FireReset(env)
     env = AtariPreprocessing(
         env, noop_max=env_cfg.noop_max, frame_skip=env_cfg.frame_skip,
         screen_size=env_cfg.screen_size, terminal_on_life_loss=env_cfg.episodic_life,
         grayscale_obs=True, scale_obs=False,
     )
-    if env_cfg.fire_reset and "FIRE" in env.unwrapped.get_action_meanings():
-        env = FireReset(env)
-    env = FrameStackObservation(env, env_cfg.frame_stack)
+    env = FrameStackObservation(env, env_cfg.frame_stack, padding_type="zero")
     return apply_shifts(env, task)
 
 

@@ -8,6 +8,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from agents.config import ConfigError
+
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -79,7 +81,11 @@ class TaskSequence:
                      permute_obs=t.permute_obs, permute_actions=t.permute_actions)
             for t in seq_cfg.tasks
         ]
-        return cls(tasks, seq_cfg.switch_every, seq_cfg.cycles, seq_cfg.order, seed)
+        try:
+            return cls(tasks, seq_cfg.switch_every, seq_cfg.cycles, seq_cfg.order, seed)
+        except ValueError as exc:  # duplicate names: the config's tasks need a `name` each
+            raise ConfigError(f"sequence.tasks: {exc}: give repeated envs a name of their "
+                              "own") from None
 
     @property
     def total_steps(self) -> int:

@@ -219,3 +219,22 @@ def test_a_run_the_executor_lost_is_recorded_as_failed(tmp_path):
     status = json.loads((bench.cells[0].run_dir / "status.json").read_text())
     assert status["status"] == "failed" and "worker died" in status["error"]
     assert "failed      none/tiny/s1" in out.getvalue()
+
+
+@pytest.mark.parametrize("code,expected", [(0, "finished"), (130, "interrupted"),
+                                           (143, "interrupted"), (1, "failed")])
+def test_run_cell_maps_training_exit_codes(tmp_path, monkeypatch, code, expected):
+    path = write_bench(tmp_path, seeds=[1], reference=False, strategies=[{"name": "none"}])
+    cell = load_bench(path, tmp_path / "out").cells[0]
+
+    def fake_training(cfg, stream):
+        cell.run_dir.mkdir(parents=True)
+        if code == 1:  # what a diverged run leaves behind
+            (cell.run_dir / "status.json").write_text(json.dumps(
+                {"status": "failed", "reason": "diverged", "error": "training diverged at 384"}))
+        return code
+
+    monkeypatch.setattr(bench_module, "run_training", fake_training)
+    result = run_cell(cell)
+    assert result.status == expected
+    assert (result.error == "training diverged at 384") == (code == 1)

@@ -201,7 +201,7 @@ def test_plasticity_metrics_against_hand_computations(tiny_cfg):
     assert silent >= 1 / fc1.shape[1]
     assert metrics["dormant_ratio_0/fc1"] == pytest.approx(float(silent))
     assert metrics["active_fraction/fc1"] == pytest.approx(float((fc1 > 0).double().mean()))
-    weight = network.blocks["fc1"].layer.weight
+    weight = network.blocks["fc1"].layer.weight.detach()
     assert metrics["weight_norm/fc1"] == pytest.approx(float(weight.norm()), rel=1e-6)
     assert metrics["weight_change/fc1"] == pytest.approx(0.01 * weight.numel() ** 0.5, rel=1e-4)
     total = sum(p.numel() for p in network.parameters())

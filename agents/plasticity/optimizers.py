@@ -146,7 +146,7 @@ class TracTuner:
 
     def load_state_dict(self, state: dict) -> None:
         for name in ("s", "sigma", "variance"):
-            setattr(self, name, state[name].numpy().copy())
+            setattr(self, name, state[name].cpu().numpy().copy())
         self.reference, self.delta = state["reference"], state["delta"]
 
 

@@ -1,0 +1,215 @@
+"""Each speed lever on its own, against the plain way, as ratios measured in one run.
+
+    .venv/bin/python bench/levers.py                 # all, ~4 min on a 2-core CPU
+    .venv/bin/python bench/levers.py layout compile  # some sections
+    .venv/bin/python bench/levers.py --rounds 9      # steadier medians
+
+Sections: `layout` (NHWC vs NCHW convolutions), `compile` (torch.compile of the learner's
+forward/backward), `inference` (acting under inference_mode vs no_grad), `threads` (torch threads
+and OMP_WAIT_POLICY for updates and for acting: each setting in its own process, as libgomp reads
+the policy once), `envs` (ale-py's AtariVectorEnv vs gymnasium wrappers in a SyncVectorEnv),
+`replay` (sampling a batch from the replay buffer vs the update that uses it). Variants alternate
+call by call within a round, so load from other users falls on all alike; medians over rounds.
+One torch thread unless a section says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHELL_ENV = dict(os.environ)  # before `agents` sets OMP_WAIT_POLICY
+sys.path.insert(0, str(ROOT))
+
+import gymnasium as gym  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from agents.config import EnvConfig, NetworkConfig  # noqa: E402
+from agents.networks import Network, make_spec  # noqa: E402
+
+NETS = {"Nature CNN": ((4, 84, 84), 255), "MiniGrid CNN": ((7, 7, 3), 10)}
+
+
+def compare(variants: dict, rounds: int, calls: int = 1) -> dict[str, float]:
+    """Median seconds per call of each variant; the variants alternate within every round."""
+    for fn in variants.values():
+        fn()  # warm-up
+    seconds = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            seconds[name].append((time.perf_counter() - start) / calls)
+    return {name: statistics.median(values) for name, values in seconds.items()}
+
+
+def show(title: str, medians: dict[str, float], unit: str = "ms") -> None:
+    first = next(iter(medians.values()))
+    print(f"\n{title}")
+    for name, value in medians.items():
+        shown = f"{1e3 * value:9.2f} ms" if unit == "ms" else f"{value:9,.0f} {unit}"
+        print(f"  {name:<46} {shown}   x{first / value if unit == 'ms' else value / first:.2f}")
+
+
+def network(name: str, channels_last: bool = True) -> tuple[Network, torch.Tensor]:
+    shape, high = NETS[name]
+    net_cfg = OmegaConf.merge(OmegaConf.structured(NetworkConfig), {"channels_last": channels_last})
+    space = gym.spaces.Box(0, high, shape, np.uint8)
+    torch.manual_seed(0)
+    net = Network(make_spec(net_cfg, space, {"policy": 7, "value": 1}))
+    return net, torch.randint(0, high + 1, (256, *shape), dtype=torch.uint8)
+
+
+def update_step(net: Network, obs: torch.Tensor, forward=None):
+    """A PPO-shaped gradient step: forward, a loss of both heads, backward, Adam."""
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-8)
+    forward = forward or (lambda x: net(x, return_features=True))
+
+    def step():
+        outputs, _ = forward(obs)
+        loss = (outputs["value"] - 1).pow(2).mean() - outputs["policy"].log_softmax(-1).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def layout(rounds: int) -> None:
+    for name in NETS:
+        for batch in (256, 32):
+            variants = {}
+            for label, flag in (("NCHW (default layout)", False), ("NHWC (channels_last)", True)):
+                net, obs = network(name, flag)
+                variants[label] = update_step(net, obs[:batch])
+            show(f"conv layout, {name}, gradient step on {batch} observations",
+                 compare(variants, rounds, 3))
+
+
+def compile_section(rounds: int) -> None:
+    for name in NETS:
+        net, obs = network(name)
+        compiled = torch.compile(lambda x, net=net: net(x, return_features=True))
+        start = time.perf_counter()
+        update_step(net, obs, compiled)()
+        seconds = time.perf_counter() - start
+        show(f"torch.compile, {name}, gradient step on 256 (first call compiles: {seconds:.0f} s)",
+             compare({"eager": update_step(net, obs), "compiled forward/backward":
+                      update_step(net, obs, compiled)}, rounds, 3))
+
+
+def inference(rounds: int) -> None:
+    from torch.distributions import Categorical
+
+    for name in NETS:
+        net, obs = network(name)
+        obs = obs[:8]
+
+        def act(context):
+            def call():
+                with context():
+                    dist = Categorical(logits=net(obs)["policy"], validate_args=False)
+                    dist.log_prob(dist.sample())
+            return call
+        show(f"acting on 8 observations, {name}",
+             compare({"no_grad": act(torch.no_grad), "inference_mode": act(torch.inference_mode)},
+                     rounds, 50))
+
+
+def threads_probe() -> None:
+    """In a child process: seconds per Nature CNN step (256), DQN-sized step (32), MiniGrid step
+    (256), and Nature CNN acting (8), with the process's torch threads and wait policy."""
+    nature, obs = network("Nature CNN")
+    minigrid, grid_obs = network("MiniGrid CNN")
+    act = torch.no_grad()(lambda: nature(obs[:8]))
+    variants = {"Nature step 256": update_step(nature, obs),
+                "Nature step 32": update_step(nature, obs[:32]),
+                "MiniGrid step 256": update_step(minigrid, grid_obs), "Nature act 8": act}
+    print(repr(compare(variants, 3, 3)))
+
+
+def threads(rounds: int) -> None:
+    settings = {"1 thread": ("1", None), "2 threads, OMP_WAIT_POLICY=PASSIVE": ("2", "PASSIVE"),
+                "2 threads, libgomp's default wait policy": ("2", None)}
+    results = {name: [] for name in settings}
+    for _ in range(max(1, rounds // 3)):
+        for name, (count, policy) in settings.items():
+            env = {k: v for k, v in SHELL_ENV.items() if k != "OMP_WAIT_POLICY"}
+            env.update({"OMP_NUM_THREADS": count, **({"OMP_WAIT_POLICY": policy} if policy
+                                                      else {})})
+            out = subprocess.run([sys.executable, __file__, "--threads-probe"], env=env,
+                                 capture_output=True, text=True, check=True).stdout
+            results[name].append(ast.literal_eval(out.strip().splitlines()[-1]))
+    for task in results["1 thread"][0]:
+        show(f"threads, {task}", {name: statistics.median(r[task] for r in runs)
+                                  for name, runs in results.items()})
+
+
+def envs(rounds: int) -> None:
+    from envs import atari
+    from envs.tasks import TaskSpec
+
+    env_cfg = OmegaConf.structured(EnvConfig)
+    task = TaskSpec("ALE/Breakout-v5")
+    variants, rng = {}, np.random.default_rng(0)
+    for backend in ("gymnasium", "ale_vector"):
+        env_cfg.backend = backend
+        vec = atari.make_vector(task, env_cfg, 8, False)
+        vec.reset(seed=0)
+        variants[backend] = (lambda vec=vec: vec.step(rng.integers(0, 4, 8)))
+    medians = compare(variants, rounds, 50)
+    show("Atari env steps/s, Breakout, 8 envs (env only, random actions)",
+         {name: 8 / seconds for name, seconds in medians.items()}, unit="env steps/s")
+
+
+def replay(rounds: int) -> None:
+    from agents.replay import ReplayBuffer
+
+    buffer = ReplayBuffer(20_000, (4, 84, 84), num_envs=8, frame_stack=4)
+    obs = np.random.default_rng(0).integers(0, 256, (8, 4, 84, 84), dtype=np.uint8)
+    for _ in range(2_000):
+        next_obs = np.concatenate([obs[:, 1:], obs[:, :1]], axis=1)
+        buffer.add(obs, next_obs, np.zeros(8), np.zeros(8), np.zeros(8, bool), np.zeros(8, bool))
+        obs = next_obs
+    rng = np.random.default_rng(0)
+    net, net_obs = network("Nature CNN")
+    show("DQN: drawing a batch of 32 from the replay buffer vs the gradient step on it",
+         compare({"update (Nature CNN, 32)": update_step(net, net_obs[:32]),
+                  "replay sample (32, vectorised)": lambda: buffer.sample(32, rng)}, rounds, 5))
+
+
+SECTIONS = {"layout": layout, "compile": compile_section, "inference": inference,
+            "threads": threads, "envs": envs, "replay": replay}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sections", nargs="*", help=f"any of {', '.join(SECTIONS)} (default all)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads-probe", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads_probe:
+        threads_probe()
+        return
+    unknown = set(args.sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(sorted(unknown))} (sections: "
+                     f"{', '.join(SECTIONS)})")
+    torch.set_num_threads(1)
+    print(f"torch {torch.__version__}, {os.cpu_count()} cores, load average "
+          f"{os.getloadavg()[0]:.1f}; medians of {args.rounds} rounds")
+    for name in args.sections or SECTIONS:
+        SECTIONS[name](args.rounds)
+
+
+if __name__ == "__main__":
+    main()

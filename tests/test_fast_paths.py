@@ -1,0 +1,159 @@
+"""Speed never changes results: every fast path against the plain one it replaces."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from agents.config import EnvConfig, NetworkConfig
+from agents.loop import Trainer
+from agents.networks import Network, make_spec
+from agents.threads import acting_threads
+from envs import atari
+from envs.tasks import TaskSpec
+
+
+@pytest.mark.parametrize("game, min_episodes", [("ALE/Breakout-v5", 1), ("ALE/Pong-v5", 0)])
+def test_ale_vector_env_gives_the_gymnasium_pipelines_frames(game, min_episodes):
+    """Without sticky actions and no-op starts both backends are deterministic: the same frames
+    (zero-padded first stacks, FIRE pressed for one frame), rewards, ends and final frames."""
+    env_cfg = OmegaConf.merge(OmegaConf.structured(EnvConfig),
+                              {"sticky_actions": 0.0, "noop_max": 0})
+    task, n = TaskSpec(game), 2
+    fast = atari.make_vector(task, OmegaConf.merge(env_cfg, {"backend": "ale_vector"}), n, False)
+    plain = atari.make_vector(task, OmegaConf.merge(env_cfg, {"backend": "gymnasium"}), n, False)
+    assert type(fast).__name__ == "AtariVectorEnv" and type(plain).__name__ == "SyncVectorEnv"
+    obs_fast, _ = fast.reset(seed=5)
+    obs_plain, _ = plain.reset(seed=5)
+    np.testing.assert_array_equal(obs_fast, obs_plain)
+    assert not obs_plain[:, :-1].any() and obs_plain[:, -1].any()  # zero padding, a real frame
+    rng, episodes = np.random.default_rng(0), 0
+    for _ in range(400):
+        actions = rng.integers(0, fast.single_action_space.n, n)
+        step_fast, step_plain = fast.step(actions), plain.step(actions)
+        for got, want in zip(step_fast[:4], step_plain[:4]):  # obs, reward, terminated, truncated
+            np.testing.assert_array_equal(got, want)
+        done = np.logical_or(step_plain[2], step_plain[3])
+        for env in np.flatnonzero(done):
+            np.testing.assert_array_equal(step_fast[4]["final_obs"][env],
+                                          step_plain[4]["final_obs"][env])
+        episodes += done.sum()
+    assert episodes >= min_episodes  # Breakout: autoresets were compared too
+    fast.close()
+    plain.close()
+
+
+def twin_networks(shape, high):
+    """The same initial weights in the NCHW and the NHWC (channels_last) layout."""
+    space = gym.spaces.Box(0, high, shape, np.uint8)
+    nets = []
+    for channels_last in (False, True):
+        cfg = OmegaConf.merge(OmegaConf.structured(NetworkConfig), {"channels_last": channels_last})
+        torch.manual_seed(0)
+        nets.append(Network(make_spec(cfg, space, {"policy": 6, "value": 1})))
+    obs = torch.randint(0, high + 1, (32, *shape), dtype=torch.uint8,
+                        generator=torch.Generator().manual_seed(1))
+    return nets, obs
+
+
+@pytest.mark.parametrize("shape, high", [((4, 84, 84), 255), ((7, 7, 3), 10)])
+def test_channels_last_matches_the_default_layout(shape, high):
+    nets, obs = twin_networks(shape, high)
+    layouts, results = [], []
+    for net in nets:  # SGD: Adam's first steps would magnify round-off in near-zero gradients
+        optimizer = torch.optim.SGD(net.parameters(), lr=1e-2)
+        for _ in range(3):
+            outputs, features = net(obs, return_features=True)
+            loss = outputs["value"].square().mean() - outputs["policy"].log_softmax(-1).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        layouts.append(features["conv1"].is_contiguous(memory_format=torch.channels_last))
+        results.append((outputs, [(p.detach().clone(), p.grad) for p in net.parameters()]))
+    assert layouts == [False, True]  # the lever really switches the layout
+    (out_a, params_a), (out_b, params_b) = results
+    for key in out_a:
+        torch.testing.assert_close(out_a[key], out_b[key], rtol=1e-4, atol=1e-5)
+    for (param_a, grad_a), (param_b, grad_b) in zip(params_a, params_b):
+        torch.testing.assert_close(grad_a, grad_b, rtol=1e-4, atol=1e-5 * grad_a.abs().max())
+        torch.testing.assert_close(param_a, param_b, rtol=1e-4, atol=1e-6)
+
+
+def test_fast_rollout_equals_the_plain_one(tiny_cfg, monkeypatch):
+    """Acting under inference_mode on one thread gives the no_grad rollout's numbers exactly,
+    and its batch can be trained on (inference tensors cannot be saved for backward)."""
+    def rollout():
+        trainer = Trainer(tiny_cfg())
+        agent = trainer.agent
+        envs = trainer.env_factory.make_vector(trainer.sequence.tasks[0])
+        agent.begin_task(envs, seed=3)
+        torch.manual_seed(0)
+        batch, obs, done = agent.rollout(envs, agent.next_obs, agent.next_done, 16)
+        envs.close()
+        return agent, batch, obs
+
+    agent, fast, fast_obs = rollout()
+    agent.update(fast, torch.Generator().manual_seed(0))  # would raise on inference tensors
+    with monkeypatch.context() as patch:
+        patch.setattr(torch, "inference_mode", torch.no_grad)
+        _, plain, plain_obs = rollout()
+    for field in fast.__dataclass_fields__:
+        assert torch.equal(getattr(fast, field), getattr(plain, field)), field
+    assert torch.equal(fast_obs, plain_obs) and not fast_obs.is_inference()
+
+
+def test_acting_threads_uses_one_thread_and_restores():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with acting_threads():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 0.5, 1.0])
+def test_dqn_acting_equals_plain_epsilon_greedy(tiny_cfg, epsilon):
+    """act() skips the forward pass when every env explores; the actions stay those of the plain
+    rule torch.where(explore, random, greedy) with the same draws."""
+    trainer = Trainer(tiny_cfg(path="tiny_dqn.yaml"))
+    agent = trainer.agent
+    obs = np.random.default_rng(0).integers(0, 11, (64, 7, 7, 3), dtype=np.uint8)
+    actions = agent.act(obs, epsilon, torch.Generator().manual_seed(4))
+    generator = torch.Generator().manual_seed(4)
+    explore = torch.rand(64, generator=generator) < epsilon
+    random_actions = torch.randint(agent.num_actions, (64,), generator=generator)
+    with torch.no_grad():
+        greedy = agent.network(torch.as_tensor(obs))["q"].argmax(1)
+    np.testing.assert_array_equal(actions, torch.where(explore, random_actions, greedy).numpy())
+
+
+@pytest.mark.slow  # compiling takes 15-30 s on 2 cores
+def test_compiled_update_matches_eager(tiny_cfg):
+    """compile=true: the gradient steps' torch.compile'd forward/backward gives the eager losses,
+    gradients and, after a whole PPO update (8 Adam steps), parameters, to round-off."""
+    def update(compile):
+        torch._dynamo.reset()
+        trainer = Trainer(tiny_cfg(f"compile={compile}"))
+        agent = trainer.agent
+        envs = trainer.env_factory.make_vector(trainer.sequence.tasks[0])
+        agent.begin_task(envs, seed=3)
+        torch.manual_seed(0)
+        batch, _, _ = agent.rollout(envs, agent.next_obs, agent.next_done, 16)
+        envs.close()
+        loss = agent.loss(batch, agent.learner.train_forward)[0]
+        grads = torch.autograd.grad(loss, list(agent.network.parameters()))
+        stats = agent.update(batch, torch.Generator().manual_seed(0))
+        assert bool(torch._dynamo.utils.counters["stats"]["unique_graphs"]) == compile
+        return loss, grads, stats, [p.detach() for p in agent.network.parameters()]
+
+    eager, compiled = update(False), update(True)
+    torch.testing.assert_close(compiled[0], eager[0], rtol=1e-5, atol=1e-6)
+    for got, want in zip(compiled[1], eager[1]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * want.abs().max())
+    for key in eager[2]:
+        torch.testing.assert_close(compiled[2][key], eager[2][key], rtol=1e-4, atol=1e-5)
+    for got, want in zip(compiled[3], eager[3]):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
