@@ -133,12 +133,12 @@ class MonitorConfig:
     lanczos_steps: int = 80  # Hessian-vector products for the top-k (>= top_k; method=lanczos)
     eigsh_tol: float = 1e-3  # relative residual of each Ritz pair (method=eigsh)
     density_probes: int = 3  # spectral density by stochastic Lanczos quadrature:
-    density_steps: int = 30  # density_probes x density_steps Hessian-vector products
-    trace_probes: int = 20  # Hutchinson probes for the trace
+    density_steps: int = 25  # density_probes x density_steps Hessian-vector products
+    trace_probes: int = 10  # Hutchinson probes for the trace, off the top-k's Krylov space
     eps: float = 0.01  # ε-rank: top-k eigenvalues above eps·λmax
     tau: float = 0.01  # τ-trainability: share of the density above tau·λmax
     ggn: bool = True  # Gauss-Newton top-k (same method as the Hessian's)
-    ggn_steps: int = 50  # its Lanczos steps (>= top_k): its top 20 converge faster than H's
+    ggn_steps: int = 40  # its Lanczos steps (>= top_k): its top 10 converge faster than H's
     kfac: bool = True  # KFAC factors of every layer: ranks, the λ(A)·μ(G) spectrum
     jacobians: bool = True  # plasticity/*: singular values of each block's input-output Jacobian
     ntk: bool = True  # plasticity/*: rank of the empirical NTK Gram matrix on ntk_samples obs
@@ -300,7 +300,7 @@ def _validate_monitor(monitor) -> None:
             raise ConfigError(f"monitor.{key} must be a positive integer, got {monitor[key]}")
     for key in ("every_steps", "metrics_every", "threads"):
         if monitor[key] < 0:
-            raise ConfigError(f"monitor.{key} must be >= 0 (0: off), got {monitor[key]}")
+            raise ConfigError(f"monitor.{key} must be >= 0, got {monitor[key]}")
     for key in ("eps", "tau", "eigsh_tol"):
         if not 0.0 < monitor[key] <= 1.0:
             raise ConfigError(f"monitor.{key} must lie in (0, 1], got {monitor[key]}")

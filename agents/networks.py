@@ -164,8 +164,10 @@ class Network(nn.Module):
         if self.spec.channels_last_input:
             obs = obs.permute(0, 3, 1, 2)  # HWC images: an NCHW view, NHWC in memory
         if obs.dim() == 4:  # set the convolutions' memory layout on the small uint8 input
-            obs = obs.contiguous(memory_format=torch.channels_last if self.spec.channels_last
-                                 else torch.contiguous_format)
+            if self.spec.channels_last:  # NHWC by permutes: vmap (the NTK) can't clone into it
+                obs = obs.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+            else:
+                obs = obs.contiguous()
         return obs.float() * self.spec.input_scale
 
     def forward(self, obs: torch.Tensor, return_features: bool = False):

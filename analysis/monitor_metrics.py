@@ -32,6 +32,7 @@ from analysis.hessian import (
     density_mass_above,
     epsilon_rank,
     grad_or_zeros,
+    lanczos_top_and_trace,
     negative_curvature_fraction,
     operator_top_eigenvalues,
     operator_trace,
@@ -70,32 +71,28 @@ def loss_closure(agent, batch):
     return loss_fn
 
 
-def head_names(network) -> list[str]:
-    return list(network.heads)
-
-
 def heads_output_fn(network, obs):
     """``output_fn(params)``: every head's output on ``obs``, concatenated along features."""
 
     def output_fn(params):
         outputs = torch.func.functional_call(network, params, (obs,))
-        return torch.cat([outputs[name] for name in head_names(network)], dim=1)
+        return torch.cat([outputs[name] for name in network.heads], dim=1)
 
     return output_fn
 
 
 def loss_on_head_outputs(agent, batch):
     """``loss(outputs)``: the agent's loss as a function of its heads' outputs on ``batch.obs``
-    (a tuple, in the heads' order), what Gauss-Newton and KFAC linearise around. Observations
-    other than the batch's go through the live network as constants."""
-    names = head_names(agent.network)
+    (a tuple, in the heads' order), what Gauss-Newton and KFAC linearise around. PPO's and DQN's
+    losses evaluate the network once, on the batch's observations (DQN's targets are fixed)."""
+    names = list(agent.network.heads)
 
     def loss_fn(outputs):
         def forward(obs):
-            if obs is batch.obs:
-                return dict(zip(names, outputs, strict=True)), {}
-            with torch.no_grad():
-                return agent.network(obs, return_features=True)
+            if obs is not batch.obs:
+                raise ValueError("the loss evaluated the network on other observations than "
+                                 "batch.obs: Gauss-Newton and KFAC need one evaluation")
+            return dict(zip(names, outputs, strict=True)), {}
 
         return agent.loss(batch, forward)[0]
 
@@ -111,7 +108,7 @@ class _HeadsAsTuple(nn.Module):
 
     def forward(self, obs):
         outputs = self.network(obs)
-        return tuple(outputs[name] for name in head_names(self.network))
+        return tuple(outputs[name] for name in self.network.heads)
 
 
 def layer_names(network) -> dict[str, str]:
@@ -130,8 +127,13 @@ def measure_spectrum(agent, batch, settings, seed: int) -> Measurement:
     params = dict(agent.network.named_parameters())
     dtype = torch.float64 if settings.float64 else None
     operator = HessianOperator(loss_closure(agent, batch), params, dtype)
-    top = operator_top_eigenvalues(operator, settings.top_k, settings.method,
-                                   settings.lanczos_steps, settings.eigsh_tol, seed)
+    if settings.method == "lanczos":  # the trace deflated by the same Krylov basis
+        top, trace = lanczos_top_and_trace(operator, settings.top_k, settings.lanczos_steps,
+                                           settings.trace_probes, seed)
+    else:
+        top = operator_top_eigenvalues(operator, settings.top_k, "eigsh", tol=settings.eigsh_tol,
+                                       seed=seed)
+        trace = operator_trace(operator, settings.trace_probes, seed + 2)
     nodes, weights = stochastic_lanczos_quadrature(
         operator, settings.density_probes, settings.density_steps, seed + 1)
     lambda_max = float(top[0])
@@ -140,7 +142,7 @@ def measure_spectrum(agent, batch, settings, seed: int) -> Measurement:
         "lambda_max": lambda_max,
         "lambda_k": float(top[-1]),
         "lambda_min": float(nodes.min()),
-        "trace": operator_trace(operator, settings.trace_probes, seed + 2),
+        "trace": trace,
         "eps_rank": eps_rank(top, nodes, weights, settings.eps, operator.dim),
         "effective_rank": spectral_effective_rank(top),
         "negative_fraction": negative_curvature_fraction(nodes, weights),

@@ -23,8 +23,12 @@ import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn.functional as F
-from gymnasium.wrappers import (AtariPreprocessing, FrameStackObservation,
-                                RecordEpisodeStatistics, TransformReward)
+from gymnasium.wrappers import (
+    AtariPreprocessing,
+    FrameStackObservation,
+    RecordEpisodeStatistics,
+    TransformReward,
+)
 from torch import nn
 from torch.distributions import Categorical
 

@@ -5,11 +5,12 @@
     .venv/bin/python bench/levers.py --rounds 9      # steadier medians
 
 Sections: `layout` (NHWC vs NCHW convolutions), `compile` (torch.compile of the learner's
-forward/backward), `inference` (acting under inference_mode vs no_grad), `threads` (torch threads
-and OMP_WAIT_POLICY for updates and for acting: each setting in its own process, as libgomp reads
-the policy once), `envs` (ale-py's AtariVectorEnv vs gymnasium wrappers in a SyncVectorEnv),
-`replay` (sampling a batch from the replay buffer vs the update that uses it). Variants alternate
-call by call within a round, so load from other users falls on all alike; medians over rounds.
+forward/backward), `adam` (Adam's per-tensor, foreach and fused kernels), `inference` (acting
+under inference_mode vs no_grad), `threads` (torch threads and OMP_WAIT_POLICY for updates and for
+acting: each setting in its own process, as libgomp reads the policy once), `envs` (ale-py's
+AtariVectorEnv vs gymnasium wrappers in a SyncVectorEnv), `replay` (sampling a batch from the
+replay buffer vs the update that uses it). Variants alternate within a round, so load from other
+users falls on all alike; medians over rounds.
 One torch thread unless a section says otherwise.
 """
 
@@ -107,6 +108,21 @@ def compile_section(rounds: int) -> None:
                       update_step(net, obs, compiled)}, rounds, 3))
 
 
+def adam(rounds: int) -> None:
+    for name in NETS:
+        net, _ = network(name)
+        for param in net.parameters():
+            param.grad = torch.randn_like(param)
+        variants = {}
+        for label, kwargs in (("per-tensor loop (torch's CPU default)", {}),
+                              ("foreach (ours; bitwise the same)", {"foreach": True}),
+                              ("fused (1-ulp differences)", {"fused": True})):
+            optimizer = torch.optim.Adam(net.parameters(), lr=1e-12, **kwargs)
+            variants[label] = optimizer.step
+        show(f"Adam step, {name} ({sum(p.numel() for p in net.parameters()):,} parameters)",
+             compare(variants, rounds, 10))
+
+
 def inference(rounds: int) -> None:
     from torch.distributions import Categorical
 
@@ -114,7 +130,7 @@ def inference(rounds: int) -> None:
         net, obs = network(name)
         obs = obs[:8]
 
-        def act(context):
+        def act(context, net=net, obs=obs):
             def call():
                 with context():
                     dist = Categorical(logits=net(obs)["policy"], validate_args=False)
@@ -187,7 +203,7 @@ def replay(rounds: int) -> None:
                   "replay sample (32, vectorised)": lambda: buffer.sample(32, rng)}, rounds, 5))
 
 
-SECTIONS = {"layout": layout, "compile": compile_section, "inference": inference,
+SECTIONS = {"layout": layout, "compile": compile_section, "adam": adam, "inference": inference,
             "threads": threads, "envs": envs, "replay": replay}
 
 

@@ -9,7 +9,9 @@ Each config is trained shortened (fewer env steps per task, the same per-measure
 the monitor's default settings. The monitor times its own hooks, so its share is measured
 directly; the share for the full config is projected: training time scales with env steps,
 spectrum time with the number of measurements (pre and post at every boundary), feature-metric
-time with the number of gradient updates (proportional to env steps).
+time with the number of calls (one every `monitor.metrics_every` gradient updates; one call is
+timed on its own, since a short Atari run makes none). The Atari part takes ~5-7 min: one
+measurement on the Nature CNN is ~2 min on one core.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import copy
 import io
+import os
 import sys
 import tempfile
 import time
@@ -31,7 +34,7 @@ from agents.logger import RunLogger  # noqa: E402
 from agents.loop import Trainer  # noqa: E402
 from analysis.hessian import HessianOperator  # noqa: E402
 from analysis.monitor import SpectralMonitor  # noqa: E402
-from analysis.monitor_metrics import loss_closure  # noqa: E402
+from analysis.monitor_metrics import loss_closure, plasticity_metrics  # noqa: E402
 from envs.tasks import TaskSequence  # noqa: E402
 
 SETTINGS = {
@@ -44,8 +47,9 @@ SETTINGS = {
 
 
 def timed_run(cfg, run_dir: Path):
-    """Train with the monitor on; returns (wall seconds, monitor, trainer)."""
+    """Train with the monitor on; returns (wall seconds, monitor, trainer, torch threads)."""
     trainer = Trainer(cfg)
+    threads = torch.get_num_threads()
     monitor = SpectralMonitor.for_trainer(trainer)
     trainer.listeners.append(monitor)
     logger = RunLogger(run_dir, trainer.sequence.total_steps, 1e9, io.StringIO())
@@ -53,34 +57,37 @@ def timed_run(cfg, run_dir: Path):
     trainer.run(logger)
     wall = time.perf_counter() - start
     logger.close()
-    return wall, monitor, trainer
+    return wall, monitor, trainer, threads
 
 
-def hvp_vs_gradient_step(trainer, monitor, repeats: int = 10) -> tuple[float, float]:
-    """Seconds of one HVP of the agent's loss and of one gradient step (forward, backward, Adam)
-    on the same monitored batch, the step on a copy of the network."""
-    agent = trainer.agent
+def monitored_batch(trainer, monitor):
     seed = monitor.seed_for(0, "post")
-    batch = monitor.subsample(monitor.fresh_batch(trainer, trainer.sequence.segment(0), seed),
-                              seed)
-    operator = HessianOperator(loss_closure(agent, batch), dict(agent.network.named_parameters()))
-    vector = torch.randn(operator.dim, generator=torch.Generator().manual_seed(0))
-    operator.matvec(vector)  # warm-up
+    return monitor.subsample(monitor.fresh_batch(trainer, trainer.sequence.segment(0), seed), seed)
+
+
+def seconds_per_call(fn, repeats: int) -> float:
+    fn()  # warm-up
     start = time.perf_counter()
     for _ in range(repeats):
-        operator.matvec(vector)
-    hvp = (time.perf_counter() - start) / repeats
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def hvp_vs_gradient_step(agent, batch, repeats: int = 10) -> tuple[float, float]:
+    """Seconds of one HVP of the agent's loss and of one gradient step (forward, backward, Adam)
+    on the same batch, the step on a copy of the network."""
+    operator = HessianOperator(loss_closure(agent, batch), dict(agent.network.named_parameters()))
+    vector = torch.randn(operator.dim, generator=torch.Generator().manual_seed(0))
     network = copy.deepcopy(agent.network)
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-8)
-    forward = lambda obs: network(obs, return_features=True)  # noqa: E731
-    timings = []
-    for _ in range(repeats + 1):
-        start = time.perf_counter()
+
+    def gradient_step():
         optimizer.zero_grad(set_to_none=True)
-        agent.loss(batch, forward)[0].backward()
+        agent.loss(batch, lambda obs: network(obs, return_features=True))[0].backward()
         optimizer.step()
-        timings.append(time.perf_counter() - start)
-    return hvp, sum(timings[1:]) / repeats
+
+    return (seconds_per_call(lambda: operator.matvec(vector), repeats),
+            seconds_per_call(gradient_step, repeats))
 
 
 def bench(name: str, config: str, full_overrides: list[str], short_overrides: list[str],
@@ -89,26 +96,34 @@ def bench(name: str, config: str, full_overrides: list[str], short_overrides: li
     with tempfile.TemporaryDirectory() as tmp:
         short = load_config(config, [*full_overrides, *short_overrides, *extra,
                                      f"runs_root={tmp}", "monitor.enabled=true"])
-        wall, monitor, trainer = timed_run(short, Path(tmp) / "run")
-        hvp, step = hvp_vs_gradient_step(trainer, monitor)
+        wall, monitor, trainer, threads = timed_run(short, Path(tmp) / "run")
+        batch = monitored_batch(trainer, monitor)
+        hvp, step = hvp_vs_gradient_step(trainer.agent, batch)
+        start_params = {k: v.detach().clone() for k, v in trainer.agent.network.named_parameters()}
+        metrics_call = seconds_per_call(lambda: plasticity_metrics(
+            trainer.agent, batch, start_params, short.monitor, seed=0), repeats=1)
     spectrum, metrics = monitor.seconds["spectrum"], monitor.seconds["metrics"]
     training = wall - spectrum - metrics
     measurements = 2 * len(trainer.sequence)
     full_sequence = TaskSequence.from_config(full.sequence, full.seed)
     scale = full_sequence.total_steps / trainer.sequence.total_steps
-    full_measurements = 2 * len(full_sequence)
-    full_spectrum = spectrum / measurements * full_measurements
-    full_wall = training * scale + full_spectrum + metrics * scale
+    full_spectrum = spectrum / measurements * 2 * len(full_sequence)
+    every = full.monitor.metrics_every
+    full_metrics = metrics_call * (trainer.ctx.update_count * scale // every if every else 0)
+    full_monitor = full_spectrum + full_metrics
+    full_wall = training * scale + full_monitor
     params = sum(p.numel() for p in trainer.agent.network.parameters())
     print(f"\n{name}: {params:,} parameters, monitored batch {short.monitor.batch_size}, "
-          f"torch threads {torch.get_num_threads()}")
+          f"torch threads {threads} (monitor {short.monitor.threads or 'same'}), "
+          f"load average {os.getloadavg()[0]:.1f}")
     print(f"  shortened run: {trainer.sequence.total_steps:,} env steps in {wall:.1f} s; "
           f"monitor {spectrum + metrics:.1f} s = {100 * (spectrum + metrics) / wall:.1f}% "
           f"(spectrum {spectrum:.1f} s over {measurements} measurements = "
-          f"{spectrum / measurements:.2f} s each; plasticity metrics {metrics:.1f} s)")
-    print(f"  full run (projected): {full_sequence.total_steps:,} "
-          f"env steps, {full_wall:.0f} s; monitor {full_spectrum + metrics * scale:.0f} s = "
-          f"{100 * (full_spectrum + metrics * scale) / full_wall:.1f}% of the wall time")
+          f"{spectrum / measurements:.2f} s each; plasticity metrics {metrics:.1f} s, "
+          f"{metrics_call:.2f} s a call)")
+    print(f"  full run (projected): {full_sequence.total_steps:,} env steps, {full_wall:.0f} s; "
+          f"monitor {full_monitor:.0f} s (metrics {full_metrics:.0f} s) = "
+          f"{100 * full_monitor / full_wall:.1f}% of the wall time")
     print(f"  one HVP {1e3 * hvp:.1f} ms vs one training gradient step {1e3 * step:.1f} ms "
           f"on the same batch: {hvp / step:.2f}x")
 

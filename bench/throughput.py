@@ -29,63 +29,66 @@ ROOT = Path(__file__).resolve().parent.parent
 SHELL_ENV = dict(os.environ)  # before anything of ours sets OMP_WAIT_POLICY
 BREAKOUT_MODE0 = "sequence.tasks=[{env_id: ALE/Breakout-v5, kwargs: {mode: 0}}]"
 BREAKOUT = "sequence.tasks=[{env_id: ALE/Breakout-v5}]"
-DQN_BENCH = ["dqn.buffer_size=50000", "dqn.learning_starts=2000", "dqn.start_e=0.01",
-             "dqn.end_e=0.01"]  # a short fill, then acting greedily as late in training
+DQN_BENCH = ["dqn.buffer_size=50000", "dqn.learning_starts=1000", "dqn.log_every=500",
+             "dqn.start_e=0.01", "dqn.end_e=0.01"]  # a short fill, then greedy as late in training
 
 # side: (label, what its chunk is)
 SIDES = {
     "ppo": "pliable PPO, Breakout mode 0 (gymnasium backend)",
     "ppo_ale": "pliable PPO, Breakout (ale_vector backend)",
     "ppo_cleanrl": "CleanRL-style PPO baseline, Breakout mode 0",
+    "ppo_cleanrl_passive": "  the same, OMP_WAIT_POLICY=PASSIVE (our setting)",
     "dqn": "pliable DQN, Breakout mode 0 (gymnasium backend)",
     "dqn_ale": "pliable DQN, Breakout (ale_vector backend)",
     "dqn_cleanrl": "CleanRL-style DQN baseline, Breakout mode 0",
+    "dqn_cleanrl_passive": "  the same, OMP_WAIT_POLICY=PASSIVE, 1 thread (ours)",
     "minigrid": "pliable PPO, default config (MiniGrid-Empty-6x6)",
     "minigrid_env": "env only: the same vector env, random actions",
 }
 GROUPS = {
     "ppo": dict(title="PPO on Atari (CleanRL ppo_atari hyperparameters: 8 envs x 128 steps, "
                 "4 epochs x 4 minibatches, Nature CNN)",
-                sides=["ppo", "ppo_ale", "ppo_cleanrl"], base="ppo_cleanrl", target=1.5,
+                sides=["ppo", "ppo_ale", "ppo_cleanrl", "ppo_cleanrl_passive"], target=1.5,
                 reference="CleanRL's ppo_atari itself ran at ~290 steps/s on a 2-core machine "
                 "like this one (issue 8)"),
     "dqn": dict(title="DQN on Atari (CleanRL dqn_atari hyperparameters: an update of batch 32 "
                 "every 4 env steps; epsilon 0.01 on both sides)",
-                sides=["dqn", "dqn_ale", "dqn_cleanrl"], base="dqn_cleanrl", target=1.5,
+                sides=["dqn", "dqn_ale", "dqn_cleanrl", "dqn_cleanrl_passive"], target=1.5,
                 reference="CleanRL's dqn_atari itself ran at ~105 steps/s on such a machine "
                 "(issue 8)"),
     "minigrid": dict(title="PPO on MiniGrid (default config) against the env-only limit",
-                     sides=["minigrid", "minigrid_env"], base="minigrid_env", target=0.5,
+                     sides=["minigrid", "minigrid_env"], target=0.5,
                      reference=None),
 }
 
 
 # -- workers (one process per side) ----------------------------------------------------------
+def is_baseline(side: str) -> bool:
+    return "cleanrl" in side
+
+
 def build_side(side: str, run_dir: str):
     """Returns (chunk: () -> env steps, notes: dict) for a side, warmed up."""
-    sys.path.insert(0, str(ROOT))
     import torch
 
-    if side.endswith("cleanrl"):
+    if is_baseline(side):
         from bench.cleanrl_style import DQNBaseline, PPOBaseline
 
         torch.manual_seed(1)
-        if side == "ppo_cleanrl":
+        if side == "dqn_cleanrl_passive":
+            torch.set_num_threads(1)  # as atari_modes_dqn.yaml
+        if side.startswith("ppo"):
             baseline = PPOBaseline("ALE/Breakout-v5", {"mode": 0})
             chunk = baseline.iteration
         else:
             baseline = DQNBaseline("ALE/Breakout-v5", {"mode": 0}, capacity=50_000,
                                    epsilon=0.01)
-            baseline.steps(2000, learn=False)
-            chunk = lambda: baseline.steps(1000)  # noqa: E731
+            baseline.steps(1000, learn=False)
+            chunk = lambda: baseline.steps(500)  # noqa: E731
         chunk()
         return chunk, {"torch threads": torch.get_num_threads()}
     if side == "minigrid_env":
         return env_only_chunk(), {}
-
-    from agents.config import load_config
-    from agents.logger import RunLogger
-    from agents.loop import Trainer, segment_seed
 
     config, overrides = {
         "ppo": ("atari_modes_ppo.yaml", [BREAKOUT_MODE0]),
@@ -94,19 +97,31 @@ def build_side(side: str, run_dir: str):
         "dqn_ale": ("atari_modes_dqn.yaml", [BREAKOUT, *DQN_BENCH]),
         "minigrid": ("minigrid_ppo.yaml", []),
     }[side]
-    cfg = load_config(config, overrides)
-    trainer = Trainer(cfg)
-    agent, task = trainer.agent, trainer.sequence.tasks[0]
-    agent.begin_task(trainer.env_factory.make_vector(task), segment_seed(cfg.seed, 0))
-    logger = RunLogger(run_dir, trainer.sequence.total_steps, 1e9, open(os.devnull, "w"))
-    generator = torch.Generator().manual_seed(cfg.seed)
-    chunk = lambda: agent.train_iteration(10**12, logger, task.name, generator)  # noqa: E731
+    chunk, agent = training_chunk(config, overrides, run_dir)
     for _ in range(3 if side.startswith("dqn") else 1):  # DQN: past learning_starts
         chunk()
     notes = {"torch threads": torch.get_num_threads()}
     if side.startswith("dqn"):
         notes["replay bytes/transition"] = agent.buffer.nbytes_per_transition
     return chunk, notes
+
+
+def training_chunk(config: str, overrides: list[str], run_dir: str):
+    """(chunk, agent): chunk() runs one `train_iteration` of the config's agent on its first
+    task (a PPO rollout and update; DQN's log_every env steps) and returns its env steps."""
+    import torch
+
+    from agents.config import load_config
+    from agents.logger import RunLogger
+    from agents.loop import Trainer, segment_seed
+
+    cfg = load_config(config, overrides)
+    trainer = Trainer(cfg)
+    agent, task = trainer.agent, trainer.sequence.tasks[0]
+    agent.begin_task(trainer.env_factory.make_vector(task), segment_seed(cfg.seed, 0))
+    logger = RunLogger(run_dir, trainer.sequence.total_steps, 1e9, open(os.devnull, "w"))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    return lambda: agent.train_iteration(10**12, logger, task.name, generator), agent
 
 
 def env_only_chunk(steps: int = 2048):
@@ -136,6 +151,11 @@ def env_only_chunk(steps: int = 2048):
 def worker(side: str) -> None:
     import tempfile
 
+    sys.path.insert(0, str(ROOT))
+    if is_baseline(side):
+        import torch  # noqa: F401  (libgomp loads with the shell's OMP_WAIT_POLICY, as CleanRL's)
+    else:
+        import agents  # noqa: F401  (our OMP_WAIT_POLICY default, set before torch loads)
     with tempfile.TemporaryDirectory() as run_dir:
         chunk, notes = build_side(side, run_dir)
         print("ready", repr(notes), flush=True)
@@ -149,7 +169,9 @@ def worker(side: str) -> None:
 
 # -- driver ----------------------------------------------------------------------------------
 def start_worker(side: str) -> subprocess.Popen:
-    env = dict(SHELL_ENV) if side.endswith("cleanrl") else dict(os.environ)
+    env = dict(SHELL_ENV) if is_baseline(side) else dict(os.environ)
+    if side.endswith("passive"):
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
     return subprocess.Popen([sys.executable, __file__, "--worker", side], cwd=ROOT, env=env,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
@@ -182,19 +204,20 @@ def run_group(name: str, repeats: int) -> dict[str, list[float]]:
 def report(group: dict, rates: dict[str, list[float]], notes: dict[str, str]) -> None:
     print(f"\n{group['title']}")
     for side, values in rates.items():
-        print(f"  {SIDES[side]:<52} {statistics.median(values):8,.0f} env steps/s  "
+        print(f"  {side:<20} {SIDES[side]:<50} {statistics.median(values):7,.0f} env steps/s  "
               f"(rounds: {', '.join(f'{v:,.0f}' for v in values)}; {notes[side]})")
-    base = group["base"]
+    bases = [side for side in rates if is_baseline(side) or side.endswith("_env")]
+    print("  ratios, each the median over rounds of the ratio within a round:")
     for side in rates:
-        if side == base:
-            continue
-        ratio = statistics.median(a / b for a, b in zip(rates[side], rates[base]))
-        verdict = "meets" if ratio >= group["target"] else "misses"
-        print(f"  {SIDES[side]} / {SIDES[base]}: {ratio:.2f}x ({verdict} the target "
-              f"{group['target']:g}x)")
+        for base in [] if side in bases else bases:
+            ratio = statistics.median(a / b for a, b in zip(rates[side], rates[base]))
+            met = "met" if ratio >= group["target"] else "MISSED"
+            note = (f"target {group['target']:g}x: {met}" if base == bases[0]
+                    else "the code alone: thread settings alike")
+            print(f"    {side} / {base}: {ratio:.2f}x ({note})")
     if group["reference"]:
-        print(f"  for orientation: {group['reference']}; the baseline above is our restatement "
-              "of its loop (bench/cleanrl_style.py), not CleanRL's code")
+        print(f"  for orientation: {group['reference']}; the baselines above restate its loop "
+              "(bench/cleanrl_style.py), they are not CleanRL's code")
 
 
 def time_cleanrl_script(path: str, kind: str) -> float:

@@ -7,6 +7,7 @@ import torch
 from omegaconf import OmegaConf
 
 from agents.config import EnvConfig, NetworkConfig
+from agents.learner import adam_factory
 from agents.loop import Trainer
 from agents.networks import Network, make_spec
 from agents.threads import acting_threads
@@ -78,6 +79,25 @@ def test_channels_last_matches_the_default_layout(shape, high):
     for (param_a, grad_a), (param_b, grad_b) in zip(params_a, params_b):
         torch.testing.assert_close(grad_a, grad_b, rtol=1e-4, atol=1e-5 * grad_a.abs().max())
         torch.testing.assert_close(param_a, param_b, rtol=1e-4, atol=1e-6)
+
+
+def test_learners_adam_is_the_per_tensor_adam_bitwise():
+    """The learner's multi-tensor (foreach) Adam takes exactly the steps of torch's per-tensor
+    loop, its default on the CPU."""
+    (net, twin), _ = twin_networks((7, 7, 3), 10)
+    twin.load_state_dict(net.state_dict())
+    fast = adam_factory(1e-3, 1e-5)(net.parameters())
+    plain = torch.optim.Adam(twin.parameters(), lr=1e-3, eps=1e-5, foreach=False)
+    assert fast.defaults["foreach"]
+    generator = torch.Generator().manual_seed(0)
+    for step in range(10):
+        for a, b in zip(net.parameters(), twin.parameters()):
+            a.grad = torch.randn(a.shape, generator=generator) * 10.0 ** -(step % 7)
+            b.grad = a.grad.clone()
+        fast.step()
+        plain.step()
+    for a, b in zip(net.parameters(), twin.parameters()):
+        assert torch.equal(a, b)
 
 
 def test_fast_rollout_equals_the_plain_one(tiny_cfg, monkeypatch):

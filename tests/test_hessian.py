@@ -16,8 +16,10 @@ from analysis.hessian import (
     gaussian_density,
     ggn_top_eigenvalues,
     hessian_trace,
+    lanczos_top_and_trace,
     negative_curvature_fraction,
     operator_top_eigenvalues,
+    operator_trace,
     spectral_density,
     spectral_effective_rank,
     tau_trainability,
@@ -151,6 +153,33 @@ def test_hessian_trace_is_unbiased_within_five_standard_errors():
     tolerance = 5 * float(variance.sqrt()) / np.sqrt(num_probes)
     estimate = hessian_trace(loss_fn, params, num_probes=num_probes, dtype=torch.float64)
     assert abs(estimate - float(hessian.trace())) < tolerance
+
+
+class DenseOperator(SymmetricOperator):
+    def __init__(self, matrix):
+        self.matrix = matrix
+        self.dim, self.dtype, self.device = len(matrix), matrix.dtype, matrix.device
+
+    def matvec(self, vector):
+        return self.matrix @ vector
+
+
+def test_krylov_deflated_trace_is_exact_on_the_krylov_space_and_beats_hutchinson():
+    generator = torch.Generator().manual_seed(0)
+    rotation, _ = torch.linalg.qr(torch.randn(200, 200, generator=generator, dtype=torch.float64))
+    spectrum = torch.cat([torch.tensor([500.0, 200.0], dtype=torch.float64),
+                          torch.rand(198, generator=generator, dtype=torch.float64)])
+    operator = DenseOperator(rotation @ torch.diag(spectrum) @ rotation.T)
+    exact = float(spectrum.sum())
+    top, trace = lanczos_top_and_trace(operator, k=5, num_steps=200, num_probes=3)
+    assert trace == pytest.approx(exact, rel=1e-10)  # the Krylov space is everything
+    np.testing.assert_array_equal(top, operator_top_eigenvalues(operator, k=5, num_steps=200))
+    # 20 Lanczos steps capture the two outliers, which carry almost all of Hutchinson's variance.
+    deflated = np.array([lanczos_top_and_trace(operator, 2, 20, 10, seed)[1] for seed in range(20)])
+    plain = np.array([operator_trace(operator, 10, seed) for seed in range(20)])
+    rms = lambda estimates: np.sqrt(np.mean((estimates - exact) ** 2))  # noqa: E731
+    assert rms(deflated) < 0.05 * rms(plain)
+    assert abs(deflated.mean() - exact) < 4 * deflated.std() / np.sqrt(20)
 
 
 def test_hessian_trace_is_deterministic_given_the_seed():
