@@ -1,21 +1,7 @@
 """Same config and seed -> identical parameters and logged returns (CPU)."""
 
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-from agents.logger import RunLogger
-from agents.loop import Trainer
-
-
-def train_once(cfg, log_dir):
-    trainer = Trainer(cfg)
-    logger = RunLogger(log_dir, trainer.sequence.total_steps, 1000)
-    trainer.run(logger)
-    logger.close()
-    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    returns = [(e.step, e.value) for e in acc.Scalars("charts/episodic_return")]
-    return {k: v.clone() for k, v in trainer.agent.network.state_dict().items()}, returns
+from training import train_once
 
 
 def test_same_seed_same_parameters_and_returns(tiny_cfg, tmp_path):

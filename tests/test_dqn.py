@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from gymnasium.wrappers.vector import RecordEpisodeStatistics
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from training import train_once
 
 from agents.config import ConfigError, load_config
 from agents.dqn import DQN, ReplayBatch
@@ -290,17 +291,6 @@ def test_loss_is_a_pure_function_of_the_online_params(tiny_cfg, loss_name, refer
     tangent = {k: torch.ones_like(v) for k, v in params.items()}
     _, hvp = torch.func.jvp(torch.func.grad(loss_of), (params,), (tangent,))
     assert all(torch.isfinite(v).all() for v in hvp.values())
-
-
-def train_once(cfg, log_dir):
-    trainer = Trainer(cfg)
-    logger = RunLogger(log_dir, trainer.sequence.total_steps, 1000)
-    trainer.run(logger)
-    logger.close()
-    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    returns = [(e.step, e.value) for e in acc.Scalars("charts/episodic_return")]
-    return {k: v.clone() for k, v in trainer.agent.network.state_dict().items()}, returns
 
 
 def test_same_seed_same_parameters(tiny_cfg, tmp_path):
