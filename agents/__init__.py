@@ -1,7 +1,8 @@
 import os
 
-# Idle OpenMP threads sleep instead of spinning: a spinning torch thread takes the core that the
-# envs (ale-py's threads, or another process on a shared machine) need; measured up to 6x slower
-# training without this (README, Performance). libgomp reads it when torch loads, so it is set on
-# importing `agents`, before any torch import of ours; an explicit setting of the user's wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# An idle OpenMP thread of torch's spins for 300k rounds (libgomp's default) before it sleeps,
+# taking the core that the envs (ale-py's threads) or another process on a shared machine need;
+# OMP_WAIT_POLICY=PASSIVE (no spinning) fixes that but slows small ops on a quiet machine. 1k
+# rounds did best on both (bench/levers.py threads; README, Performance). libgomp reads it when
+# torch loads, so it is set on importing `agents`, before torch; a user's own setting wins.
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")

@@ -155,7 +155,7 @@ class Config:
     agent: str = "ppo"  # ppo | dqn
     seed: int = 1
     device: str = "cpu"  # cpu | cuda | cuda:N
-    torch_threads: int = 0  # gradient updates' threads (0: torch's default); acting uses one
+    torch_threads: int = 0  # 0: torch's default (one per core); 1 on a busy shared machine
     compile: bool = False  # torch.compile the gradient steps' forward/backward (little gain on CPU)
     exp_name: str = ""  # defaults to the config file's stem
     runs_root: str = "runs"

@@ -29,7 +29,6 @@ from agents.context import StepContext
 from agents.learner import Learner
 from agents.networks import make_spec
 from agents.replay import ReplayBuffer
-from agents.threads import acting_threads
 from envs.tasks import TaskSpec
 
 
@@ -128,15 +127,14 @@ class DQN:
         return linear_schedule(self.cfg.start_e, self.cfg.end_e,
                                self.cfg.exploration_fraction * steps, t)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def act(self, obs: np.ndarray, epsilon: float, generator: torch.Generator) -> np.ndarray:
         """ε-greedy actions, one draw per env from `generator` (on the CPU)."""
         explore = torch.rand(len(obs), generator=generator) < epsilon
         random_actions = torch.randint(self.num_actions, (len(obs),), generator=generator)
         if explore.all():  # no greedy action would be used (most steps while ε is high)
             return random_actions.numpy()
-        with acting_threads():
-            q = self.network(torch.as_tensor(obs, device=self.device))["q"]
+        q = self.network(torch.as_tensor(obs, device=self.device))["q"]
         return torch.where(explore, random_actions, q.argmax(1).cpu()).numpy()
 
     def _env_step(self, envs, obs, epsilon, generator, buffer: ReplayBuffer):

@@ -121,8 +121,9 @@ def layer_names(network) -> dict[str, str]:
 # The spectrum of one batch
 # --------------------------------------------------------------------------------------------
 def measure_spectrum(agent, batch, settings, seed: int) -> Measurement:
-    """Top-k Hessian eigenvalues, SLQ density, Hutchinson trace and their summaries, then the
-    Gauss-Newton top-k and KFAC factors when ``settings`` (a MonitorConfig) asks for them."""
+    """Top-k Hessian eigenvalues, SLQ density, the trace (Krylov-deflated Hutchinson with Lanczos)
+    and their summaries, then the Gauss-Newton top-k and KFAC factors when ``settings`` (a
+    MonitorConfig) asks for them."""
     start = time.perf_counter()
     params = dict(agent.network.named_parameters())
     dtype = torch.float64 if settings.float64 else None

@@ -3,9 +3,8 @@ dqn_atari.py, restated minimally in our own words (their scripts are not vendore
 `bench/throughput.py --cleanrl PATH` times a real copy).
 
 What is kept is what costs time there:
-- each env is gymnasium wrappers around one ALE emulator, stepped in turn by a SyncVectorEnv
-  (we use gymnasium's AtariPreprocessing, which reads grey frames straight from ALE: if anything
-  cheaper than CleanRL's RGB-then-grey wrappers);
+- each env is gymnasium wrappers around one ALE emulator, stepped in turn by a SyncVectorEnv:
+  RGB frames, max-pooled, resized, then made grey, as CleanRL's wrapper stack does;
 - observations become float32 tensors (`torch.Tensor(obs)`) every step, and PPO's rollout storage
   is float32 (4 bytes a pixel); the network divides by 255 in its forward pass;
 - one `.cpu().numpy()` round trip per step for the actions; PPO reads `.item()` of the clip
@@ -14,7 +13,7 @@ What is kept is what costs time there:
   buffer with optimize_memory_usage, which CleanRL uses) sampled with numpy and copied with
   `torch.tensor`; one update every 4 env steps on 32 transitions;
 - torch's default thread settings, eager mode, default (NCHW) memory layout.
-Not kept: TensorBoard logging and argument parsing (our side is timed without logging too).
+Not kept: TensorBoard logging and argument parsing (our side does log to TensorBoard).
 """
 
 from __future__ import annotations
@@ -24,9 +23,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from gymnasium.wrappers import (
-    AtariPreprocessing,
     FrameStackObservation,
+    GrayscaleObservation,
+    MaxAndSkipObservation,
     RecordEpisodeStatistics,
+    ResizeObservation,
     TransformReward,
 )
 from torch import nn
@@ -39,11 +40,15 @@ SAME_STEP = gym.vector.AutoresetMode.SAME_STEP  # CleanRL's gymnasium 0.29 autor
 
 
 def make_atari_env(env_id: str, kwargs: dict, sticky: float) -> gym.Env:
+    """CleanRL's wrapper stack, gymnasium's wrappers standing in for SB3's: RGB frames, the max
+    of the last two of every four, FIRE at reset, clipped rewards, resized, grey, stacked. Its
+    no-op starts and episodic life are left out: they act at resets only."""
     env = gym.make(env_id, frameskip=1, repeat_action_probability=sticky, **kwargs)
     env = RecordEpisodeStatistics(env)
-    env = AtariPreprocessing(env, noop_max=30, frame_skip=4, screen_size=84, grayscale_obs=True)
+    env = MaxAndSkipObservation(env, skip=4)
     env = FireReset(env)
     env = TransformReward(env, lambda r: float(np.sign(r)))
+    env = GrayscaleObservation(ResizeObservation(env, (84, 84)))
     return FrameStackObservation(env, 4)
 
 

@@ -6,8 +6,8 @@
 
 Sections: `layout` (NHWC vs NCHW convolutions), `compile` (torch.compile of the learner's
 forward/backward), `adam` (Adam's per-tensor, foreach and fused kernels), `inference` (acting
-under inference_mode vs no_grad), `threads` (torch threads and OMP_WAIT_POLICY for updates and for
-acting: each setting in its own process, as libgomp reads the policy once), `envs` (ale-py's
+under inference_mode vs no_grad), `threads` (torch threads and libgomp's waiting for updates and
+for acting: each setting in its own process, as libgomp reads it once), `envs` (ale-py's
 AtariVectorEnv vs gymnasium wrappers in a SyncVectorEnv), `replay` (sampling a batch from the
 replay buffer vs the update that uses it). Variants alternate within a round, so load from other
 users falls on all alike; medians over rounds.
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SHELL_ENV = dict(os.environ)  # before `agents` sets OMP_WAIT_POLICY
+SHELL_ENV = dict(os.environ)  # before `agents` sets GOMP_SPINCOUNT
 sys.path.insert(0, str(ROOT))
 
 import gymnasium as gym  # noqa: E402
@@ -115,8 +115,8 @@ def adam(rounds: int) -> None:
             param.grad = torch.randn_like(param)
         variants = {}
         for label, kwargs in (("per-tensor loop (torch's CPU default)", {}),
-                              ("foreach (ours; bitwise the same)", {"foreach": True}),
-                              ("fused (1-ulp differences)", {"fused": True})):
+                              ("foreach (bitwise the same)", {"foreach": True}),
+                              ("fused (ours; round-off differences)", {"fused": True})):
             optimizer = torch.optim.Adam(net.parameters(), lr=1e-12, **kwargs)
             variants[label] = optimizer.step
         show(f"Adam step, {name} ({sum(p.numel() for p in net.parameters()):,} parameters)",
@@ -154,14 +154,17 @@ def threads_probe() -> None:
 
 
 def threads(rounds: int) -> None:
-    settings = {"1 thread": ("1", None), "2 threads, OMP_WAIT_POLICY=PASSIVE": ("2", "PASSIVE"),
-                "2 threads, libgomp's default wait policy": ("2", None)}
+    waiting = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+    settings = {"1 thread": {"OMP_NUM_THREADS": "1"},
+                "2 threads, libgomp's default (spin 300k)": {"OMP_NUM_THREADS": "2"},
+                "2 threads, OMP_WAIT_POLICY=PASSIVE": {"OMP_NUM_THREADS": "2",
+                                                       "OMP_WAIT_POLICY": "PASSIVE"},
+                "2 threads, GOMP_SPINCOUNT=1000 (ours)": {"OMP_NUM_THREADS": "2",
+                                                          "GOMP_SPINCOUNT": "1000"}}
     results = {name: [] for name in settings}
     for _ in range(max(1, rounds // 3)):
-        for name, (count, policy) in settings.items():
-            env = {k: v for k, v in SHELL_ENV.items() if k != "OMP_WAIT_POLICY"}
-            env.update({"OMP_NUM_THREADS": count, **({"OMP_WAIT_POLICY": policy} if policy
-                                                      else {})})
+        for name, extra in settings.items():
+            env = {k: v for k, v in SHELL_ENV.items() if k not in waiting} | extra
             out = subprocess.run([sys.executable, __file__, "--threads-probe"], env=env,
                                  capture_output=True, text=True, check=True).stdout
             results[name].append(ast.literal_eval(out.strip().splitlines()[-1]))

@@ -116,7 +116,8 @@ def bench(name: str, config: str, full_overrides: list[str], short_overrides: li
     print(f"\n{name}: {params:,} parameters, monitored batch {short.monitor.batch_size}, "
           f"torch threads {threads} (monitor {short.monitor.threads or 'same'}), "
           f"load average {os.getloadavg()[0]:.1f}")
-    print(f"  shortened run: {trainer.sequence.total_steps:,} env steps in {wall:.1f} s; "
+    print(f"  {'shortened run' if short_overrides else 'run'}: "
+          f"{trainer.sequence.total_steps:,} env steps in {wall:.1f} s; "
           f"monitor {spectrum + metrics:.1f} s = {100 * (spectrum + metrics) / wall:.1f}% "
           f"(spectrum {spectrum:.1f} s over {measurements} measurements = "
           f"{spectrum / measurements:.2f} s each; plasticity metrics {metrics:.1f} s, "

@@ -7,7 +7,7 @@ in one run; also the replay buffer's bytes per Atari transition.
     .venv/bin/python bench/throughput.py ppo --cleanrl ~/cleanrl/cleanrl/ppo_atari.py
 
 Every side runs in its own process, built and warmed up once, with its own thread settings
-(ours: the config's; the baselines: torch's defaults, OMP_WAIT_POLICY as the shell has it). The
+(ours: the config's; the baselines: torch's defaults, libgomp's as the shell sets them). The
 driver then alternates the sides of a group, one chunk each, round after round, so that load from
 other users falls on all of them alike, and reports medians; a ratio is the median over rounds
 of the ratio within a round. Our side trains through the agent's `train_iteration` with a real
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SHELL_ENV = dict(os.environ)  # before anything of ours sets OMP_WAIT_POLICY
+SHELL_ENV = dict(os.environ)  # before `agents` sets GOMP_SPINCOUNT
 BREAKOUT_MODE0 = "sequence.tasks=[{env_id: ALE/Breakout-v5, kwargs: {mode: 0}}]"
 BREAKOUT = "sequence.tasks=[{env_id: ALE/Breakout-v5}]"
 DQN_BENCH = ["dqn.buffer_size=50000", "dqn.learning_starts=1000", "dqn.log_every=500",
@@ -37,23 +37,23 @@ SIDES = {
     "ppo": "pliable PPO, Breakout mode 0 (gymnasium backend)",
     "ppo_ale": "pliable PPO, Breakout (ale_vector backend)",
     "ppo_cleanrl": "CleanRL-style PPO baseline, Breakout mode 0",
-    "ppo_cleanrl_passive": "  the same, OMP_WAIT_POLICY=PASSIVE (our setting)",
+    "ppo_cleanrl_tuned": "  the same, GOMP_SPINCOUNT=1000 (our setting)",
     "dqn": "pliable DQN, Breakout mode 0 (gymnasium backend)",
     "dqn_ale": "pliable DQN, Breakout (ale_vector backend)",
     "dqn_cleanrl": "CleanRL-style DQN baseline, Breakout mode 0",
-    "dqn_cleanrl_passive": "  the same, OMP_WAIT_POLICY=PASSIVE, 1 thread (ours)",
+    "dqn_cleanrl_tuned": "  the same, GOMP_SPINCOUNT=1000 (our setting)",
     "minigrid": "pliable PPO, default config (MiniGrid-Empty-6x6)",
     "minigrid_env": "env only: the same vector env, random actions",
 }
 GROUPS = {
     "ppo": dict(title="PPO on Atari (CleanRL ppo_atari hyperparameters: 8 envs x 128 steps, "
                 "4 epochs x 4 minibatches, Nature CNN)",
-                sides=["ppo", "ppo_ale", "ppo_cleanrl", "ppo_cleanrl_passive"], target=1.5,
+                sides=["ppo", "ppo_ale", "ppo_cleanrl", "ppo_cleanrl_tuned"], target=1.5,
                 reference="CleanRL's ppo_atari itself ran at ~290 steps/s on a 2-core machine "
                 "like this one (issue 8)"),
     "dqn": dict(title="DQN on Atari (CleanRL dqn_atari hyperparameters: an update of batch 32 "
                 "every 4 env steps; epsilon 0.01 on both sides)",
-                sides=["dqn", "dqn_ale", "dqn_cleanrl", "dqn_cleanrl_passive"], target=1.5,
+                sides=["dqn", "dqn_ale", "dqn_cleanrl", "dqn_cleanrl_tuned"], target=1.5,
                 reference="CleanRL's dqn_atari itself ran at ~105 steps/s on such a machine "
                 "(issue 8)"),
     "minigrid": dict(title="PPO on MiniGrid (default config) against the env-only limit",
@@ -75,8 +75,6 @@ def build_side(side: str, run_dir: str):
         from bench.cleanrl_style import DQNBaseline, PPOBaseline
 
         torch.manual_seed(1)
-        if side == "dqn_cleanrl_passive":
-            torch.set_num_threads(1)  # as atari_modes_dqn.yaml
         if side.startswith("ppo"):
             baseline = PPOBaseline("ALE/Breakout-v5", {"mode": 0})
             chunk = baseline.iteration
@@ -153,9 +151,9 @@ def worker(side: str) -> None:
 
     sys.path.insert(0, str(ROOT))
     if is_baseline(side):
-        import torch  # noqa: F401  (libgomp loads with the shell's OMP_WAIT_POLICY, as CleanRL's)
+        import torch  # noqa: F401  (libgomp loads with the shell's settings, as CleanRL's)
     else:
-        import agents  # noqa: F401  (our OMP_WAIT_POLICY default, set before torch loads)
+        import agents  # noqa: F401  (our GOMP_SPINCOUNT default, set before torch loads)
     with tempfile.TemporaryDirectory() as run_dir:
         chunk, notes = build_side(side, run_dir)
         print("ready", repr(notes), flush=True)
@@ -170,8 +168,8 @@ def worker(side: str) -> None:
 # -- driver ----------------------------------------------------------------------------------
 def start_worker(side: str) -> subprocess.Popen:
     env = dict(SHELL_ENV) if is_baseline(side) else dict(os.environ)
-    if side.endswith("passive"):
-        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    if side.endswith("tuned"):
+        env["GOMP_SPINCOUNT"] = "1000"
     return subprocess.Popen([sys.executable, __file__, "--worker", side], cwd=ROOT, env=env,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
