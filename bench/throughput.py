@@ -1,7 +1,7 @@
 """Throughput against CleanRL-style baselines and against the env-only limit, as ratios measured
 in one run; also the replay buffer's bytes per Atari transition.
 
-    .venv/bin/python bench/throughput.py                    # everything, ~5 min on 2 cores
+    .venv/bin/python bench/throughput.py                    # everything, ~6 min on 2 cores
     .venv/bin/python bench/throughput.py ppo minigrid       # some groups (ppo, dqn, minigrid)
     .venv/bin/python bench/throughput.py --repeats 7        # longer, steadier
     .venv/bin/python bench/throughput.py ppo --cleanrl ~/cleanrl/cleanrl/ppo_atari.py
