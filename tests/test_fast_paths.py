@@ -10,6 +10,7 @@ from agents.config import EnvConfig, NetworkConfig
 from agents.learner import adam_factory
 from agents.loop import Trainer
 from agents.networks import Network, make_spec
+from agents.ppo import log_prob_and_entropy, sample_categorical
 from envs import atari
 from envs.tasks import TaskSpec
 
@@ -99,6 +100,75 @@ def test_learners_fused_adam_matches_the_per_tensor_adam():
     for a, b, start in zip(net.parameters(), twin.parameters(), initial):
         assert (a - start).abs().max() > 1e-3  # moved ~lr a step
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def runs_onednn_convolutions(net, obs, act: bool) -> bool:
+    with torch.profiler.profile() as prof:
+        net.act(obs) if act else net(obs)
+    return any(event.key == "aten::mkldnn_convolution" for event in prof.key_averages())
+
+
+@pytest.mark.parametrize("batch, native", [(8, True), (32, False)])
+def test_acting_on_tiny_images_matches_the_onednn_forward(batch, native):
+    """Network.act runs a few MiniGrid views through torch's native convolutions (oneDNN's
+    fixed cost dominates there): the same outputs as the oneDNN forward, to round-off."""
+    (_, net), obs = twin_networks((7, 7, 3), 10)
+    obs = obs[:batch]
+    with torch.no_grad():
+        plain = net(obs)
+    fast = net.act(obs)
+    assert torch.backends.mkldnn.enabled  # restored
+    for key in plain:
+        torch.testing.assert_close(fast[key], plain[key], rtol=1e-5, atol=1e-6)
+    assert runs_onednn_convolutions(net, obs, act=False)
+    assert runs_onednn_convolutions(net, obs, act=True) is not native
+
+
+def test_sample_categorical_draws_what_multinomial_draws():
+    logits = torch.randn(4096, 7, generator=torch.Generator().manual_seed(0)) * 3
+    torch.manual_seed(5)
+    fast = sample_categorical(logits)
+    torch.manual_seed(5)
+    plain = torch.multinomial(logits.softmax(-1), 1, True).squeeze(-1)
+    assert torch.equal(fast, plain)
+    draws = sample_categorical(logits[:1].expand(20000, 7))
+    counts = torch.bincount(draws, minlength=7) / 20000
+    torch.testing.assert_close(counts, logits[0].softmax(-1), rtol=0, atol=0.015)
+
+
+def test_log_prob_and_entropy_match_the_categorical_distribution():
+    logits = (torch.randn(512, 7, generator=torch.Generator().manual_seed(0)) * 10)
+    logits[0, 3] = -1e4  # a nearly impossible action: no NaN in the entropy
+    actions = torch.randint(0, 7, (512,), generator=torch.Generator().manual_seed(1))
+    grads = []
+    for fast in (True, False):
+        leaf = logits.clone().requires_grad_(True)
+        if fast:
+            log_prob, entropy = log_prob_and_entropy(leaf, actions)
+        else:
+            dist = torch.distributions.Categorical(logits=leaf)
+            log_prob, entropy = dist.log_prob(actions), dist.entropy()
+        (log_prob.sum() + entropy.sum()).backward()
+        grads.append((log_prob.detach(), entropy.detach(), leaf.grad))
+    for fast, plain in zip(*grads):
+        torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+
+
+def test_rollout_stores_the_policys_log_probabilities(tiny_cfg):
+    """The rollout's log-probabilities, computed once from the stored logits, are those of
+    Categorical(logits) at the taken actions under the network's plain forward pass."""
+    trainer = Trainer(tiny_cfg())
+    agent = trainer.agent
+    envs = trainer.env_factory.make_vector(trainer.sequence.tasks[0])
+    agent.begin_task(envs, seed=3)
+    batch, _, _ = agent.rollout(envs, agent.next_obs, agent.next_done, 16)
+    envs.close()
+    with torch.no_grad():
+        out = agent.network(batch.obs)
+    dist = torch.distributions.Categorical(logits=out["policy"])
+    torch.testing.assert_close(batch.logprobs, dist.log_prob(batch.actions), rtol=1e-5,
+                               atol=1e-5)
+    torch.testing.assert_close(batch.values, out["value"].squeeze(-1), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("epsilon", [0.0, 0.5, 1.0])

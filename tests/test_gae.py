@@ -1,7 +1,6 @@
 """GAE against an independent computation: the definition as a discounted sum of TD errors."""
 
 import numpy as np
-import torch
 
 from agents.ppo import compute_gae
 
@@ -34,18 +33,18 @@ def test_gae_matches_definition():
     starts = (rng.random((steps, envs)) < 0.25).astype(np.float32)
     next_value = rng.normal(size=envs).astype(np.float32)
     next_start = np.array([1.0, 0.0, 1.0], dtype=np.float32)
-    adv, ret = compute_gae(*(torch.tensor(x) for x in (rewards, values, starts, next_value,
-                                                        next_start)), gamma, lam)
+    adv, ret = compute_gae(rewards, values, starts, next_value, next_start, gamma, lam)
     expected = gae_by_definition(rewards, values, starts, next_value, next_start, gamma, lam)
-    np.testing.assert_allclose(adv.numpy(), expected, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(ret.numpy(), expected + values, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(adv, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ret, expected + values, rtol=1e-5, atol=1e-5)
 
 
 def test_gae_lambda_one_is_discounted_return_minus_value():
-    rewards = torch.tensor([[1.0], [2.0], [3.0]])
-    values = torch.tensor([[0.5], [0.1], [0.2]])
-    starts = torch.zeros(3, 1)
-    adv, ret = compute_gae(rewards, values, starts, torch.tensor([10.0]), torch.tensor([0.0]),
+    rewards = np.array([[1.0], [2.0], [3.0]], dtype=np.float32)
+    values = np.array([[0.5], [0.1], [0.2]], dtype=np.float32)
+    starts = np.zeros((3, 1), dtype=np.float32)
+    adv, ret = compute_gae(rewards, values, starts, np.array([10.0], dtype=np.float32),
+                           np.array([0.0], dtype=np.float32),
                            gamma=0.5, lam=1.0)
     expected_returns = [1 + 0.5 * 2 + 0.25 * 3 + 0.125 * 10, 2 + 0.5 * 3 + 0.25 * 10, 3 + 5.0]
-    np.testing.assert_allclose(ret[:, 0].numpy(), expected_returns, rtol=1e-6)
+    np.testing.assert_allclose(ret[:, 0], expected_returns, rtol=1e-6)

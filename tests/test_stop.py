@@ -69,6 +69,7 @@ def test_a_second_signal_stops_at_once_keeping_the_last_checkpoint(tiny_cfg, tmp
 @dataclass
 class NanSettings:
     at_update: int = 20
+    raise_next: bool = False  # the next step raises, as a library check on NaN inputs would
 
 
 class NanLoss(Strategy):
@@ -80,18 +81,21 @@ class NanLoss(Strategy):
     def loss_penalty(self, step):
         if step.ctx.update_count + 1 == self.settings.at_update:
             return step.loss * float("nan")
+        if self.settings.raise_next and step.ctx.update_count == self.settings.at_update:
+            raise ValueError("expected finite logits")
         return None
 
 
-@pytest.mark.parametrize("at_update,raised", [
-    (24, ""),  # the iteration's last step: found by the check after the iteration
-    (20, " (ValueError raised)"),  # NaN logits fail Categorical's check at the next minibatch
+@pytest.mark.parametrize("at_update,raise_next,raised", [
+    (24, False, ""),  # the iteration's last step: found by the check after the iteration
+    (20, False, ""),  # mid-iteration: the NaN weights run on to that check
+    (20, True, " (ValueError raised)"),  # a check fails on the NaN first
 ])
 def test_a_nan_loss_stops_the_run_marked_failed_with_its_last_good_checkpoint(
-        tiny_cfg, tmp_path, monkeypatch, capsys, at_update, raised):
+        tiny_cfg, tmp_path, monkeypatch, capsys, at_update, raise_next, raised):
     monkeypatch.setitem(STRATEGIES, "nan_loss", NanLoss)
-    cfg = tiny_cfg(*TINY, f"run_dir={tmp_path / 'run'}",
-                   f"plasticity.nan_loss={{at_update: {at_update}}}")
+    cfg = tiny_cfg(*TINY, f"run_dir={tmp_path / 'run'}", "plasticity.nan_loss="
+                   f"{{at_update: {at_update}, raise_next: {str(raise_next).lower()}}}")
     # 8 gradient steps per 128-step iteration: updates 17-24 are the iteration ending at 384
     assert run_training(cfg, stream=io.StringIO()) == 1
     good = tmp_path / "run" / "checkpoints" / "step_000000000256.pt"
