@@ -134,7 +134,7 @@ class DQN:
         random_actions = torch.randint(self.num_actions, (len(obs),), generator=generator)
         if explore.all():  # no greedy action would be used (most steps while ε is high)
             return random_actions.numpy()
-        q = self.network(torch.as_tensor(obs, device=self.device))["q"]
+        q = self.network.act(torch.as_tensor(obs, device=self.device))["q"]
         return torch.where(explore, random_actions, q.argmax(1).cpu()).numpy()
 
     def _env_step(self, envs, obs, epsilon, generator, buffer: ReplayBuffer):

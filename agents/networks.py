@@ -195,11 +195,11 @@ class Network(nn.Module):
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Head outputs for acting, without a graph. On a few tiny images (MiniGrid's 7x7 views,
+        """Head outputs without a graph, for acting. On a few tiny images (MiniGrid's 7x7 views,
         8 envs) oneDNN's fixed cost per convolution dominates: torch's native convolutions do
-        the forward pass in half the time there (150 vs 280 µs) and lose from batch 16 or on
-        Atari frames, so they serve only that case (bench/levers.py)."""
-        if obs.dim() != 4 or obs.shape[0] > NATIVE_CONV_MAX_BATCH or not self._tiny_images:
+        the pass in half the time there (150 vs 280 µs); they lose from batch 16 on, and on
+        Atari frames at any batch above 1, so they serve only that case (bench/levers.py)."""
+        if not (self._tiny_images and obs.dim() == 4 and obs.shape[0] <= NATIVE_CONV_MAX_BATCH):
             return self(obs)
         onednn = torch.backends.mkldnn.enabled
         torch.backends.mkldnn.enabled = False

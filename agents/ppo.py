@@ -36,13 +36,14 @@ class RolloutBatch:
 
 
 def compute_gae(rewards, values, dones, next_value, next_done, gamma: float, lam: float):
-    """Generalised advantage estimates over (T, N) float32 numpy arrays, as CleanRL computes
-    them (on the host: numpy runs the T-step recursion 6x faster than torch's per-op dispatch).
+    """Generalised advantage estimates over (T, N) arrays, as CleanRL computes them.
 
+    Numpy arrays or torch tensors alike; rollouts pass numpy, which runs the T-step recursion 6x
+    faster than torch's per-op dispatch (bench/levers.py acting).
     dones[t] marks that obs[t] starts a new episode (the previous step ended one).
     """
-    advantages = np.empty_like(rewards)
-    last = np.zeros_like(next_value)
+    advantages = rewards * 0.0
+    last = next_value * 0.0
     steps = rewards.shape[0]
     for t in reversed(range(steps)):
         if t == steps - 1:

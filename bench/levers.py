@@ -6,7 +6,9 @@
 
 Sections: `layout` (NHWC vs NCHW convolutions), `compile` (torch.compile of the learner's
 forward/backward), `adam` (Adam's per-tensor, foreach and fused kernels), `inference` (acting
-under inference_mode vs no_grad), `threads` (torch threads and libgomp's waiting for updates and
+under inference_mode vs no_grad), `acting` (PPO's per-step costs on MiniGrid: native convolutions
+for a few tiny images, the categorical draw, GAE in numpy, log-probabilities without building a
+distribution), `threads` (torch threads and libgomp's waiting for updates and
 for acting: each setting in its own process, as libgomp reads it once), `envs` (ale-py's
 AtariVectorEnv vs gymnasium wrappers in a SyncVectorEnv), `replay` (sampling a batch from the
 replay buffer vs the update that uses it). Variants alternate within a round, so load from other
@@ -141,6 +143,53 @@ def inference(rounds: int) -> None:
                      rounds, 50))
 
 
+def acting(rounds: int) -> None:
+    """PPO's per-step acting costs on MiniGrid, where they add up against a fast env."""
+    from torch.distributions import Categorical
+
+    from agents.ppo import compute_gae, log_prob_and_entropy, sample_categorical
+
+    for name, batch in (("MiniGrid CNN", 8), ("MiniGrid CNN", 32), ("Nature CNN", 8)):
+        net, obs = network(name)
+        plain = torch.no_grad()(lambda net=net, obs=obs[:batch]: net(obs))
+        show(f"graph-free forward on {batch} observations, {name}",
+             compare({"oneDNN convolutions (torch's choice)": plain,
+                      "Network.act (native convs on <= 12 tiny images)":
+                      lambda net=net, obs=obs[:batch]: net.act(obs)}, rounds, 50))
+
+    logits = torch.randn(8, 7)
+
+    def distribution():
+        dist = Categorical(logits=logits, validate_args=False)
+        dist.log_prob(dist.sample())
+    show("one action per env and its log-probability, 8 envs", compare({
+        "Categorical: sample + log_prob": distribution,
+        "torch.multinomial(softmax)": lambda: torch.multinomial(logits.softmax(-1), 1, True),
+        "sample_categorical (log-probs later, once)": lambda: sample_categorical(logits)},
+        rounds, 200))
+
+    rollout = [torch.randn(128, 8), torch.randn(128, 8), (torch.rand(128, 8) < 0.05).float(),
+               torch.randn(8), torch.zeros(8)]  # rewards, values, dones, next value, next done
+    arrays = [x.numpy() for x in rollout]
+    show("GAE over a 128-step rollout of 8 envs", compare({
+        "torch tensors (per-op dispatch)": lambda: compute_gae(*rollout, 0.99, 0.95),
+        "numpy (ours)": lambda: compute_gae(*arrays, 0.99, 0.95)}, rounds, 20))
+
+    leaf = torch.randn(256, 7, requires_grad=True)
+    actions = torch.randint(0, 7, (256,))
+
+    def by_distribution():
+        dist = Categorical(logits=leaf)
+        (dist.log_prob(actions).sum() + dist.entropy().mean()).backward()
+
+    def by_log_softmax():
+        log_prob, entropy = log_prob_and_entropy(leaf, actions)
+        (log_prob.sum() + entropy.mean()).backward()
+    show("PPO loss: log-probabilities and entropy of a 256 minibatch, forward and backward",
+         compare({"Categorical (argument checks on)": by_distribution,
+                  "log_prob_and_entropy (one log_softmax)": by_log_softmax}, rounds, 100))
+
+
 def threads_probe() -> None:
     """In a child process: seconds per Nature CNN step (256), DQN-sized step (32), MiniGrid step
     (256), and Nature CNN acting (8), with the process's torch threads and wait policy."""
@@ -207,7 +256,7 @@ def replay(rounds: int) -> None:
 
 
 SECTIONS = {"layout": layout, "compile": compile_section, "adam": adam, "inference": inference,
-            "threads": threads, "envs": envs, "replay": replay}
+            "acting": acting, "threads": threads, "envs": envs, "replay": replay}
 
 
 def main() -> None:

@@ -1,6 +1,8 @@
 """GAE against an independent computation: the definition as a discounted sum of TD errors."""
 
 import numpy as np
+import pytest
+import torch
 
 from agents.ppo import compute_gae
 
@@ -25,7 +27,8 @@ def gae_by_definition(rewards, values, starts, next_value, next_start, gamma, la
     return adv
 
 
-def test_gae_matches_definition():
+@pytest.mark.parametrize("as_array", [np.asarray, torch.as_tensor], ids=["numpy", "torch"])
+def test_gae_matches_definition(as_array):
     rng = np.random.default_rng(0)
     steps, envs, gamma, lam = 9, 3, 0.97, 0.9
     rewards = rng.normal(size=(steps, envs)).astype(np.float32)
@@ -33,7 +36,9 @@ def test_gae_matches_definition():
     starts = (rng.random((steps, envs)) < 0.25).astype(np.float32)
     next_value = rng.normal(size=envs).astype(np.float32)
     next_start = np.array([1.0, 0.0, 1.0], dtype=np.float32)
-    adv, ret = compute_gae(rewards, values, starts, next_value, next_start, gamma, lam)
+    adv, ret = compute_gae(*map(as_array, (rewards, values, starts, next_value, next_start)),
+                           gamma, lam)
+    adv, ret = np.asarray(adv), np.asarray(ret)
     expected = gae_by_definition(rewards, values, starts, next_value, next_start, gamma, lam)
     np.testing.assert_allclose(adv, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(ret, expected + values, rtol=1e-5, atol=1e-5)
