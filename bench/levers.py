@@ -234,6 +234,17 @@ def envs(rounds: int) -> None:
         vec = atari.make_vector(task, env_cfg, 8, False)
         vec.reset(seed=0)
         variants[backend] = (lambda vec=vec: vec.step(rng.integers(0, 4, 8)))
+    # The gymnasium pipeline as it was: the ALE env's own observation in RGB, grabbed every frame
+    # and thrown away (AtariPreprocessing reads its screens from the ALE itself).
+    make = gym.make
+    gym.make = lambda *args, **kwargs: make(*args, **(kwargs | {"obs_type": "rgb"}))
+    try:
+        env_cfg.backend = "gymnasium"
+        vec = atari.make_vector(task, env_cfg, 8, False)
+    finally:
+        gym.make = make
+    vec.reset(seed=0)
+    variants["gymnasium, RGB frames from the env"] = lambda: vec.step(rng.integers(0, 4, 8))
     medians = compare(variants, rounds, 50)
     show("Atari env steps/s, Breakout, 8 envs (env only, random actions)",
          {name: 8 / seconds for name, seconds in medians.items()}, unit="env steps/s")

@@ -1,7 +1,7 @@
 """Atari tasks: ALE game modes, difficulties and game cycles, with ALE v5 preprocessing.
 
 Two backends give the same observation layout (frame_stack, 84, 84) uint8:
-- `ale_vector`: ale-py's AtariVectorEnv (C++ threads, built-in preprocessing), ~3.5x faster here,
+- `ale_vector`: ale-py's AtariVectorEnv (C++ threads, built-in preprocessing), ~2x faster here,
   but it cannot select a game mode or difficulty;
 - `gymnasium`: AtariEnv + AtariPreprocessing + FrameStackObservation in a SyncVectorEnv, which
   serves every mode, difficulty and shift wrapper.
@@ -66,8 +66,11 @@ def full_action_space_needed(tasks: list[TaskSpec], env_cfg) -> bool:
 
 def make_single(task: TaskSpec, env_cfg, full_action_space: bool) -> gym.Env:
     """One preprocessed Atari env (gymnasium backend); also what check_env inspects."""
+    # obs_type: AtariPreprocessing reads the screens it needs from the ALE itself; the env's
+    # own per-frame observation is thrown away, and a grey one costs a third of an RGB one.
     env = gym.make(
-        task.env_id, frameskip=1, repeat_action_probability=env_cfg.sticky_actions,
+        task.env_id, frameskip=1, obs_type="grayscale",
+        repeat_action_probability=env_cfg.sticky_actions,
         full_action_space=full_action_space,
         max_num_frames_per_episode=env_cfg.max_episode_frames, **task.kwargs,
     )
