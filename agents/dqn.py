@@ -96,9 +96,7 @@ class DQN:
         self.run_steps, self.task_steps = total_steps, cfg.sequence.switch_every
         self.updates_per_train_step = round(self.cfg.replay_ratio * self.cfg.train_frequency)
         spec = make_spec(cfg.network, observation_space, heads={"q": self.num_actions})
-        self.learner = Learner(spec, strategies, dict(agent=self.kind, seed=cfg.seed),
-                               self.cfg.learning_rate, self.cfg.adam_eps,
-                               self.cfg.max_grad_norm, device, cfg.compile)
+        self.learner = Learner.for_agent(self.kind, cfg, self.cfg, spec, strategies, device)
         self.network = self.learner.network
         self.target_network = copy.deepcopy(self.network).requires_grad_(False)
         self.ctx = self.learner.ctx

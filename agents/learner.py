@@ -45,6 +45,13 @@ class Learner:
         # sync per gradient step would stall a GPU).
         self.nonfinite_loss = torch.zeros((), dtype=torch.bool, device=device)
 
+    @classmethod
+    def for_agent(cls, kind: str, cfg, agent_cfg, spec: NetworkSpec, strategies: StrategyStack,
+                  device: torch.device) -> Learner:
+        """The learner of agent `kind`: run config `cfg`, its agent section `agent_cfg`."""
+        return cls(spec, strategies, dict(agent=kind, seed=cfg.seed), agent_cfg.learning_rate,
+                   agent_cfg.adam_eps, agent_cfg.max_grad_norm, device, cfg.compile)
+
     def _forward(self, obs: torch.Tensor):
         return self.network(obs, return_features=True)
 

@@ -84,9 +84,7 @@ class PPO:
         spec = make_spec(cfg.network, observation_space,
                          heads={"policy": int(action_space.n), "value": 1},
                          head_gains={"policy": 0.01, "value": 1.0})
-        self.learner = Learner(spec, strategies, dict(agent=self.kind, seed=cfg.seed),
-                               self.cfg.learning_rate, self.cfg.adam_eps,
-                               self.cfg.max_grad_norm, device, cfg.compile)
+        self.learner = Learner.for_agent(self.kind, cfg, self.cfg, spec, strategies, device)
         self.network = self.learner.network
         self.ctx = self.learner.ctx
         self.ctx.sample_obs = self._sample_recent_obs
@@ -140,8 +138,9 @@ class PPO:
     def probe_batch(self, envs, num_steps: int, seed: int) -> RolloutBatch:
         """A fresh batch from `envs` with the current policy, leaving training untouched
         (own seed, global RNG restored, no counters moved): what the spectral monitor measures."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        device = torch.device(self.device)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)  # on a GPU the draws come from its generator
             obs, _ = envs.reset(seed=seed)
             obs = torch.as_tensor(obs, device=self.device)
             done = torch.zeros(obs.shape[0], device=self.device)
