@@ -153,6 +153,7 @@ class DQN:
         self.task_start = self.ctx.global_step
         if not switching:
             return
+        self.last_batch = None  # it was the old task's: the monitor must not measure it as new
         if self.cfg.flush_buffer_at_switch:
             self.buffer.clear()
             self.buffer_start = self.ctx.global_step
@@ -177,7 +178,7 @@ class DQN:
 
     def _sample_replay_obs(self, n: int, generator: torch.Generator) -> torch.Tensor:
         rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator)))
-        return self.buffer.sample(n, rng)["obs"]
+        return self.buffer.sample_obs(n, rng)
 
     # -- checkpoints (agents/checkpoint.py; the envs are rebuilt by agents/resume.py) ----------
     def state_dict(self) -> dict:

@@ -43,7 +43,6 @@ class SpectralMonitor(Listener):
         self.seconds = {"spectrum": 0.0, "metrics": 0.0}  # wall time spent, by kind of work
         self._pending_pre: tuple[str, Measurement] | None = None  # shown with the next post
         self._task_start_params: dict[str, torch.Tensor] = {}
-        self._batch_at_task_start = None
         self._next_metrics = settings.metrics_every
         self._next_periodic = settings.every_steps
 
@@ -58,7 +57,6 @@ class SpectralMonitor(Listener):
             agent = trainer.agent
             self._task_start_params = {name: p.detach().clone()
                                        for name, p in agent.network.named_parameters()}
-            self._batch_at_task_start = agent.last_batch
             seed = self.seed_for(segment.index, "post")
             batch = self.fresh_batch(trainer, segment, seed)
             post = self._measure(trainer, batch, seed, f"switch_{segment.index:03d}_post", "post",
@@ -72,7 +70,7 @@ class SpectralMonitor(Listener):
 
     def on_task_end(self, trainer, segment) -> None:
         batch = trainer.agent.last_batch
-        if batch is None or batch is self._batch_at_task_start:
+        if batch is None:
             return  # no training batch on this task (a DQN still filling its buffer)
         with self._observing(trainer):
             boundary = segment.index + 1

@@ -76,6 +76,17 @@ def test_monitor_is_a_pure_observer(agent, tiny_cfg, tmp_path):
     assert returns[0] and returns[0] == returns[1]
 
 
+def test_a_dqn_task_is_measured_only_on_its_own_training_batches(tiny_cfg, tmp_path):
+    """The buffer flushed at each switch, a DQN learns again only learning_starts (600) steps into
+    each 1,024-step task: before that no batch of the new task exists, and no measurement may
+    take the old task's last one for it."""
+    run_dir, _, _ = train(tiny_cfg(*FAST_MONITOR, "monitor.every_steps=256",
+                                   "dqn.flush_buffer_at_switch=true", "dqn.learning_starts=600",
+                                   f"runs_root={tmp_path}", path="tiny_dqn.yaml"))
+    periodic = sorted(p.stem for p in (run_dir / "spectra").glob("step_*.npz"))
+    assert periodic == [f"step_{step:09d}" for step in (768, 1792, 2816)]
+
+
 def dense_hessian_of_agent_loss(agent, batch):
     """The agent's loss through a float64 copy of its network, differentiated twice densely."""
     network = copy.deepcopy(agent.network).double()
