@@ -265,6 +265,11 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"network.width must be positive, got {cfg.network.width}")
     _validate_dqn(cfg.dqn, cfg.env)
     _validate_monitor(cfg.monitor)
+    # Strategy settings are checked by building the strategies (cheap: no network yet), so that
+    # --print-config, training and `pliable bench` reject the same input.
+    from agents.plasticity.base import build_strategies  # it imports this module
+
+    build_strategies(cfg.plasticity, cfg.agent)
     if cfg.checkpoint.every < 0:
         raise ConfigError(f"checkpoint.every must be >= 0 (0: only at switches and the end), got "
                           f"{cfg.checkpoint.every}")

@@ -27,6 +27,7 @@ from analysis.bench_config import Bench, Cell, check_cells, load_bench
 from analysis.executors import RayExecutor
 
 LOG_FILE = "stdout.log"
+RUN_ENDS = ("finished", "interrupted", "failed")  # what training leaves in status.json
 
 EPILOG = """\
 BENCH is a benchmark YAML file, or the name of one in configs/benchmarks/:
@@ -91,11 +92,12 @@ def run_cell(cell: Cell) -> CellResult:
     try:
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             code = run_training(cell.cfg, stream=log)
-        # run_training's exit codes: 0 done, 130/143 stopped by a signal, else failed (diverged:
-        # its status.json already holds the reason).
-        status = {0: "finished", 130: "interrupted", 143: "interrupted"}.get(code, "failed")
+        # training writes how it ended (a divergence with its reason) before it returns; none,
+        # or a stale "running", means it died before it could
+        recorded = read_status(cell.run_dir)
+        status = recorded.get("status") if recorded.get("status") in RUN_ENDS else "failed"
         if status == "failed":
-            error = read_status(cell.run_dir).get("error", f"run exited with status {code}")
+            error = recorded.get("error", f"run exited with status {code}")
     except Exception:
         error, raised, status = traceback.format_exc(), True, "failed"
         log.write(error)

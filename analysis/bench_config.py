@@ -120,6 +120,11 @@ def expand(bench: DictConfig, root: Path) -> list[Cell]:
     cells = []
     for set_name, plasticity in strategy_sets(bench).items():
         chosen = [f"plasticity.{key}={json.dumps(value)}" for key, value in plasticity.items()]
+        try:  # the set alone first, so that its errors name it
+            load_config(bench.base, [*shared, *switch_off, *chosen])
+        except ConfigError as exc:
+            hint = " (or set reference: false)" if set_name == REFERENCE else ""
+            raise ConfigError(f"strategy set '{set_name}': {exc}{hint}") from None
         for sequence_name, settings in sequences.items():
             sequence = [f"sequence.{key}={json.dumps(value)}" for key, value in settings.items()]
             cfg = load_config(bench.base, [*shared, *sequence, *switch_off, *chosen])
@@ -164,21 +169,13 @@ def _check(bench: DictConfig, name: str, path: Path) -> None:
 
 
 def check_cells(cells: list[Cell]) -> None:
-    """What training would reject at its start, checked before anything is written: every
-    set's strategies and every sequence's envs, once each."""
-    from agents.plasticity.base import build_strategies
+    """What training would reject at its start and loading a config does not check, before
+    anything is written: every sequence's envs, once each (strategies: `expand`)."""
     from envs.factory import EnvFactory
     from envs.tasks import TaskSequence
 
-    checked_sets, checked_sequences = set(), set()
+    checked_sequences = set()
     for cell in cells:
-        if cell.strategy_set not in checked_sets:
-            checked_sets.add(cell.strategy_set)
-            try:
-                build_strategies(cell.cfg.plasticity, cell.cfg.agent)
-            except ConfigError as exc:
-                hint = " (or set reference: false)" if cell.strategy_set == REFERENCE else ""
-                raise ConfigError(f"strategy set '{cell.strategy_set}': {exc}{hint}") from None
         if cell.sequence not in checked_sequences:
             checked_sequences.add(cell.sequence)
             EnvFactory(cell.cfg.env, TaskSequence.from_config(cell.cfg.sequence, cell.seed))

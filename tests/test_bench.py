@@ -12,6 +12,7 @@ import yaml
 from agents.config import ConfigError
 from agents.loop import Listener
 from agents.plasticity.base import strategy_set_name
+from agents.run import write_status
 from analysis import bench as bench_module
 from analysis.bench import RunLog, main, plan, run_bench, run_cell, summarize
 from analysis.bench_config import (
@@ -122,7 +123,7 @@ def test_cli_bad_bench_is_one_line_exit_2_and_writes_nothing(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: strategy set 'x': ")
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: strategy set 'x': ")
     assert "unknown strategy 'nope'" in lines[0]
     assert not (tmp_path / "out").exists()
 
@@ -178,16 +179,18 @@ def test_a_crash_is_recorded_the_others_finish_and_a_rerun_resumes(tmp_path, mon
 
 
 def test_a_cell_failing_before_its_run_directory_exists_is_still_recorded(tmp_path):
-    path = write_bench(tmp_path, seeds=[1], reference=False,
-                       strategies=[{"name": "bad", "plasticity": {"nope": {}}}])
+    # An env that does not exist: loading the bench does not build envs (check_cells does).
+    path = write_bench(tmp_path, seeds=[1], reference=False, strategies=[{"name": "none"}],
+                       sequences={"bad": {"tasks": [{"env_id": "MiniGrid-Nope-v0"}]}})
     cell = load_bench(path, tmp_path / "out").cells[0]
 
     result = run_cell(cell)
 
-    assert result.status == "failed" and "unknown strategy 'nope'" in result.error
+    message = "unknown MiniGrid env 'MiniGrid-Nope-v0'"
+    assert result.status == "failed" and message in result.error
     status = json.loads((cell.run_dir / "status.json").read_text())
-    assert status["status"] == "failed" and "unknown strategy 'nope'" in status["error"]
-    assert "unknown strategy 'nope'" in (cell.run_dir / "stdout.log").read_text()
+    assert status["status"] == "failed" and message in status["error"]
+    assert message in (cell.run_dir / "stdout.log").read_text()
 
 
 def test_run_log_holds_text_back_until_the_run_directory_exists(tmp_path):
@@ -221,20 +224,30 @@ def test_a_run_the_executor_lost_is_recorded_as_failed(tmp_path):
     assert "failed      none/tiny/s1" in out.getvalue()
 
 
-@pytest.mark.parametrize("code,expected", [(0, "finished"), (130, "interrupted"),
-                                           (143, "interrupted"), (1, "failed")])
-def test_run_cell_maps_training_exit_codes(tmp_path, monkeypatch, code, expected):
+TRAINING_ENDS = [  # exit code, and the status.json train_in writes before returning it
+    (0, {"status": "finished", "step": 512}, "finished", ""),
+    (130, {"status": "interrupted", "step": 384, "checkpoint": None}, "interrupted", ""),
+    (143, {"status": "interrupted", "step": 384, "checkpoint": "c.pt"}, "interrupted", ""),
+    (1, {"status": "failed", "reason": "diverged", "step": 384,
+         "error": "training diverged at 384"}, "failed", "training diverged at 384"),
+    (1, None, "failed", "run exited with status 1"),  # died before writing status.json
+    (1, {"status": "running", "step": 0}, "failed", "run exited with status 1"),
+]
+
+
+@pytest.mark.parametrize("code,written,expected,error", TRAINING_ENDS)
+def test_run_cell_takes_the_status_training_wrote(tmp_path, monkeypatch, code, written,
+                                                  expected, error):
     path = write_bench(tmp_path, seeds=[1], reference=False, strategies=[{"name": "none"}])
     cell = load_bench(path, tmp_path / "out").cells[0]
 
     def fake_training(cfg, stream):
         cell.run_dir.mkdir(parents=True)
-        if code == 1:  # what a diverged run leaves behind
-            (cell.run_dir / "status.json").write_text(json.dumps(
-                {"status": "failed", "reason": "diverged", "error": "training diverged at 384"}))
+        if written:
+            write_status(cell.run_dir, **written)
         return code
 
     monkeypatch.setattr(bench_module, "run_training", fake_training)
     result = run_cell(cell)
     assert result.status == expected
-    assert (result.error == "training diverged at 384") == (code == 1)
+    assert result.error == error
