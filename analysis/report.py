@@ -24,6 +24,7 @@ from analysis import plots
 from analysis.aggregate import (
     REFERENCE,
     SEGMENT_KEYS,
+    SPECTRUM_PREFIX,
     aggregate_with_ci,
     final_performance,
     forgetting,
@@ -34,15 +35,11 @@ from analysis.aggregate import (
     task_scores,
 )
 from analysis.document import Document
-from analysis.report_tables import (
-    left_out_runs,
-    per_task_table,
-    spectral_tables,
-    summary_table,
-)
-from analysis.results import find_run_dirs, read_runs, read_switch_densities, save_table
+from analysis.report_tables import per_task_table, spectral_tables, summary_table
+from analysis.results import read_runs_by_status, read_switch_densities, save_table
 
-SPECTRUM_PREFIXES = {"post": "spectrum/post/", "pre": "spectrum/pre/"}
+# what the monitor measured at a switch on the new task's batch (post) and the old task's (pre)
+SPECTRUM_PREFIXES = {"post": SPECTRUM_PREFIX, "pre": SPECTRUM_PREFIX.replace("/post/", "/pre/")}
 
 
 def analyse(table: pd.DataFrame, reference: str) -> dict[str, pd.DataFrame]:
@@ -90,7 +87,8 @@ def write_report(root: Path, out: Path, reference: str = REFERENCE,
         raise ConfigError(f"runs directory not found: {root}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        table = read_runs(root, statuses=("finished",))
+        # inside the recorded block, so that a skipped run's warning becomes one note
+        table, left_out = read_runs_by_status(root, statuses=("finished",))
         if table.empty:
             raise ConfigError(f"no finished runs under {root} (a run directory holds "
                               "config.yaml, TensorBoard events and status.json)")
@@ -113,7 +111,7 @@ def write_report(root: Path, out: Path, reference: str = REFERENCE,
                                                   for name in stats)]
     figures = out / "figures"
     doc = Document(f"Plasticity benchmark: {root.name}")
-    _overview(doc, root, table, reference, stats)
+    _overview(doc, root, table, left_out, reference, stats)
     doc.heading("Summary")
     doc.table(summary_table(stats))
     doc.heading("Learning curves")
@@ -138,15 +136,16 @@ def write_report(root: Path, out: Path, reference: str = REFERENCE,
     return out / "report.md"
 
 
-def _overview(doc: Document, root: Path, table: pd.DataFrame, reference: str, stats) -> None:
+def _overview(doc: Document, root: Path, table: pd.DataFrame, left_out: dict[str, str],
+              reference: str, stats) -> None:
     runs = table[["run", "strategy_set"]].drop_duplicates()
     counts = runs.groupby("strategy_set")["run"].count()
     lines = [f"Runs directory: `{root}`",
              f"{len(runs)} finished runs: " + ", ".join(f"{name} ({n})"
                                                          for name, n in counts.items())]
-    left_out = left_out_runs(root, find_run_dirs(root))
     if left_out:
-        lines.append(f"Left out, not finished: {', '.join(left_out)}")
+        lines.append("Left out, not finished: " + ", ".join(
+            f"{run} ({status})" for run, status in left_out.items()))
     if "plasticity_ratios" in stats:
         lines.append(f"Plasticity ratio: a run's area under the learning curve on a task, over "
                      f"the mean of the `{reference}` runs on the same task (1 = learns it as "

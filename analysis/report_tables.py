@@ -7,12 +7,10 @@ unrounded values are in the report's tables/*.csv.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pandas as pd
 
 from analysis.aggregate import GROUP_KEYS, SEGMENT_KEYS
-from analysis.results import RunReadError, read_run_info
 
 SPECTRAL_METRICS = ("eps_rank", "effective_rank", "lambda_max", "trace")
 LABELS = {"agent": "agent", "sequence": "sequence", "strategy_set": "strategy set"}
@@ -105,16 +103,3 @@ def spectral_tables(stats: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, pd.Da
                                                   "spearman_rho": "Spearman ρ",
                                                   "spearman_p": "p "})
     return values, correlation
-
-
-def left_out_runs(root: Path, run_dirs: list[Path]) -> list[str]:
-    """'<run> (<status>)' for every readable run that did not finish."""
-    left_out = []
-    for run_dir in run_dirs:
-        try:
-            status = read_run_info(run_dir).status
-        except RunReadError:
-            continue  # read_runs has warned about it
-        if status != "finished":
-            left_out.append(f"{run_dir.relative_to(root).as_posix()} ({status})")
-    return left_out

@@ -55,7 +55,7 @@ CONFIG_FILE = "config.yaml"
 EVENT_FILE_PREFIX = "events.out.tfevents."
 SPECTRA_DIR = "spectra"
 POST_SWITCH_FILE = re.compile(r"^switch_(\d+)_post\.npz$")
-DENSITY_ARRAYS = (("density_nodes", "density_weights"), ("nodes", "weights"))
+DENSITY_ARRAYS = ("density_nodes", "density_weights")  # as monitor_outputs.save_npz writes them
 
 
 class RunReadError(Exception):
@@ -134,10 +134,12 @@ def read_scalars(run_dir: str | Path) -> pd.DataFrame:
     return scalars.astype({"step": "int64", "value": "float64"})[["step", "metric", "value"]]
 
 
-def read_run(run_dir: str | Path, name: str | None = None) -> pd.DataFrame:
-    """One run as a tidy table (see the module docstring); raises RunReadError when unusable."""
+def read_run(run_dir: str | Path, name: str | None = None,
+             info: RunInfo | None = None) -> pd.DataFrame:
+    """One run as a tidy table (see the module docstring); raises RunReadError when unusable.
+    `info`: the run's `read_run_info`, when the caller has it already."""
     run_dir = Path(run_dir)
-    info = read_run_info(run_dir)
+    info = info or read_run_info(run_dir)
     scalars = read_scalars(run_dir)
     # as TaskSequence.segment_at: a switch step starts the new task; the end stays in the last
     task_index = np.minimum(scalars["step"].to_numpy() // info.switch_every, info.num_segments - 1)
@@ -178,18 +180,28 @@ def read_runs(root: str | Path, statuses: Collection[str] | None = None) -> pd.D
     `statuses` keeps only runs whose status.json says one of them ("unknown" when absent), e.g.
     `("finished",)` so that a crashed run's truncated last task does not enter the scores.
     """
+    return read_runs_by_status(root, statuses)[0]
+
+
+def read_runs_by_status(root: str | Path, statuses: Collection[str] | None = None
+                        ) -> tuple[pd.DataFrame, dict[str, str]]:
+    """`read_runs`, and the status of each readable run it left out for its status, by run
+    name: what a report lists as not finished, without reading any config again."""
     root = Path(root)
-    tables = []
+    tables, left_out = [], {}
     for run_dir in find_run_dirs(root):
+        name = _run_name(run_dir, root)
         try:
-            if statuses is not None and read_run_info(run_dir).status not in statuses:
+            info = read_run_info(run_dir)
+            if statuses is not None and info.status not in statuses:
+                left_out[name] = info.status
                 continue
-            tables.append(read_run(run_dir, name=_run_name(run_dir, root)))
+            tables.append(read_run(run_dir, name=name, info=info))
         except RunReadError as exc:
             warnings.warn(f"skipping run {run_dir}: {exc}", stacklevel=2)
     if not tables:
-        return pd.DataFrame(columns=list(TIDY_COLUMNS))
-    return pd.concat(tables, ignore_index=True)
+        return pd.DataFrame(columns=list(TIDY_COLUMNS)), left_out
+    return pd.concat(tables, ignore_index=True), left_out
 
 
 def _run_name(run_dir: Path, root: Path) -> str:
@@ -218,9 +230,8 @@ def read_switch_densities(run_dir: str | Path) -> list[tuple[int, np.ndarray, np
     """The Hessian densities the spectral monitor saved after each switch, in switch order:
     (switch number from `spectra/switch_###_post.npz`, nodes, weights).
 
-    Tolerant of the file layout: the arrays may be named density_nodes/density_weights or
-    nodes/weights and have any shape (one row per probe, say); they are flattened and the
-    weights normalised to sum to 1. A file without them, or unreadable, is skipped with a warning.
+    The arrays are the 1-D `DENSITY_ARRAYS` the monitor saves, the weights summing to 1. A file
+    without them, with arrays of another shape, or unreadable, is skipped with a warning.
     """
     densities = []
     for path in sorted(Path(run_dir, SPECTRA_DIR).glob("switch_*_post.npz")):
@@ -229,15 +240,13 @@ def read_switch_densities(run_dir: str | Path) -> list[tuple[int, np.ndarray, np
             continue
         try:
             with np.load(path) as arrays:
-                names = next((pair for pair in DENSITY_ARRAYS if set(pair) <= set(arrays)), None)
-                if names is None:
-                    raise KeyError(f"none of {DENSITY_ARRAYS} among {sorted(arrays)}")
-                nodes, weights = (np.asarray(arrays[name], dtype=float).ravel() for name in names)
+                nodes, weights = (np.asarray(arrays[name], dtype=float) for name in DENSITY_ARRAYS)
         except (OSError, ValueError, KeyError) as exc:
             warnings.warn(f"skipping density {path}: {exc}", stacklevel=2)
             continue
-        if nodes.shape != weights.shape or not nodes.size or weights.sum() <= 0:
-            warnings.warn(f"skipping density {path}: nodes and weights do not match", stacklevel=2)
+        if nodes.ndim != 1 or nodes.shape != weights.shape or not nodes.size:
+            warnings.warn(f"skipping density {path}: nodes and weights are not two 1-D arrays "
+                          "of one length", stacklevel=2)
             continue
-        densities.append((int(match.group(1)), nodes, weights / weights.sum()))
+        densities.append((int(match.group(1)), nodes, weights))
     return densities

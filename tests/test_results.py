@@ -5,6 +5,8 @@ import pytest
 import yaml
 from run_dirs import SWITCH_EVERY, make_config, write_run
 
+from analysis.monitor_metrics import Measurement
+from analysis.monitor_outputs import save_npz
 from analysis.results import (
     TIDY_COLUMNS,
     find_run_dirs,
@@ -12,6 +14,7 @@ from analysis.results import (
     read_run,
     read_run_info,
     read_runs,
+    read_runs_by_status,
     read_switch_densities,
     save_table,
 )
@@ -133,6 +136,9 @@ def test_read_runs_filters_by_status(tmp_path):
 
     assert read_runs(tmp_path, statuses=("finished",))["run"].unique().tolist() == ["a"]
     assert sorted(read_runs(tmp_path)["run"].unique()) == ["a", "b", "c"]
+    table, left_out = read_runs_by_status(tmp_path, statuses=("finished",))
+    assert table["run"].unique().tolist() == ["a"]
+    assert left_out == {"b": "failed", "c": "unknown"}  # what a report lists as not finished
 
 
 def test_root_that_is_itself_a_run(tmp_path):
@@ -157,23 +163,31 @@ def test_table_round_trips_through_a_file(tmp_path, suffix):
     assert loaded["step"].tolist() == table["step"].tolist()
 
 
-def test_switch_densities_are_read_tolerantly_in_switch_order(tmp_path):
+def save_switch(spectra, stem, nodes, weights):
+    """A switch's file as the spectral monitor writes it (analysis.monitor_outputs.save_npz)."""
+    measured = Measurement({"lambda_max": max(nodes)}, {
+        "eigenvalues": np.array([max(nodes)]), "density_nodes": np.array(nodes),
+        "density_weights": np.array(weights), "num_params": np.array(10)}, seconds=0.5)
+    save_npz(spectra / f"{stem}.npz", measured, step=100, phase="post", task="B")
+
+
+def test_switch_densities_are_read_in_switch_order_and_bad_files_skipped(tmp_path):
     spectra = tmp_path / "run" / "spectra"
-    spectra.mkdir(parents=True)
-    np.savez(spectra / "switch_002_post.npz", density_nodes=[1.0, 2.0], density_weights=[1.0, 3.0])
-    # another naming, one row per probe
-    np.savez(spectra / "switch_001_post.npz", nodes=[[0.0, 1.0], [2.0, 3.0]],
-             weights=[[0.25, 0.25], [0.25, 0.25]])
+    save_switch(spectra, "switch_002_post", [1.0, 2.0], [0.25, 0.75])
+    save_switch(spectra, "switch_001_post", [0.0, 1.0, 2.0, 3.0], [0.25] * 4)
+    save_switch(spectra, "switch_001_pre", [9.0], [1.0])  # before the switch: not plotted
     np.savez(spectra / "switch_003_post.npz", eigenvalues=[5.0])  # no density in it
     (spectra / "switch_004_post.npz").write_bytes(b"not a zip file")
-    np.savez(spectra / "switch_001_pre.npz", density_nodes=[9.0], density_weights=[1.0])
+    np.savez(spectra / "switch_005_post.npz", density_nodes=[[0.0, 1.0]],
+             density_weights=[[0.5, 0.5]])  # not the monitor's 1-D arrays
 
     with pytest.warns(UserWarning) as caught:
         densities = read_switch_densities(tmp_path / "run")
 
     assert [switch for switch, _, _ in densities] == [1, 2]
     np.testing.assert_array_equal(densities[0][1], [0.0, 1.0, 2.0, 3.0])
-    np.testing.assert_allclose(densities[1][2], [0.25, 0.75])  # normalised to sum 1
+    np.testing.assert_array_equal(densities[1][1], [1.0, 2.0])
+    np.testing.assert_array_equal(densities[1][2], [0.25, 0.75])
     skipped = " ".join(str(warning.message) for warning in caught)
-    assert "switch_003_post.npz" in skipped and "switch_004_post.npz" in skipped
+    assert all(f"switch_00{n}_post.npz" in skipped for n in (3, 4, 5))
     assert read_switch_densities(tmp_path / "no_such_run") == []
