@@ -26,13 +26,7 @@ def _singular_values(features: torch.Tensor) -> torch.Tensor:
     return torch.linalg.svdvals(matrix)
 
 
-def effective_rank(features: torch.Tensor) -> float:
-    """Roy & Vetterli's effective rank ``exp(H(p))``, ``p_i = sigma_i / sum_j sigma_j``.
-
-    Equals the rank when all non-zero singular values are equal, and is smaller the more a few
-    directions dominate; 0 for a zero matrix.
-    """
-    sigma = _singular_values(features)
+def _effective_rank_of(sigma: torch.Tensor) -> float:
     total = sigma.sum()
     if total == 0:
         return 0.0
@@ -40,12 +34,7 @@ def effective_rank(features: torch.Tensor) -> float:
     return float(torch.exp(-(p * p.log()).sum()))
 
 
-def srank(features: torch.Tensor, delta: float = 0.01) -> int:
-    """Kumar et al. 2020: smallest ``k`` with ``sum_{i<=k} sigma_i / sum_i sigma_i >= 1 - delta``.
-
-    Singular values are sorted in decreasing order; 0 for a zero matrix.
-    """
-    sigma = _singular_values(features)
+def _srank_of(sigma: torch.Tensor, delta: float) -> int:
     total = sigma.sum()
     if total == 0:
         return 0
@@ -53,12 +42,48 @@ def srank(features: torch.Tensor, delta: float = 0.01) -> int:
     return int((captured < 1 - delta).sum()) + 1
 
 
-def stable_rank(features: torch.Tensor) -> float:
-    """``||F||_F^2 / ||F||_2^2 = sum_i sigma_i^2 / sigma_1^2``; 0 for a zero matrix."""
-    sigma = _singular_values(features)
+def _stable_rank_of(sigma: torch.Tensor) -> float:
     if sigma[0] == 0:
         return 0.0
     return float((sigma**2).sum() / sigma[0] ** 2)
+
+
+def effective_rank(features: torch.Tensor) -> float:
+    """Roy & Vetterli's effective rank ``exp(H(p))``, ``p_i = sigma_i / sum_j sigma_j``.
+
+    Equals the rank when all non-zero singular values are equal, and is smaller the more a few
+    directions dominate; 0 for a zero matrix. (`analysis.hessian.spectral_effective_rank` is the
+    same formula in numpy; this one stays in torch so GPU features need no host copy.)
+    """
+    return _effective_rank_of(_singular_values(features))
+
+
+def srank(features: torch.Tensor, delta: float = 0.01) -> int:
+    """Kumar et al. 2020: smallest ``k`` with ``sum_{i<=k} sigma_i / sum_i sigma_i >= 1 - delta``.
+
+    Singular values are sorted in decreasing order; 0 for a zero matrix.
+    """
+    return _srank_of(_singular_values(features), delta)
+
+
+def stable_rank(features: torch.Tensor) -> float:
+    """``||F||_F^2 / ||F||_2^2 = sum_i sigma_i^2 / sigma_1^2``; 0 for a zero matrix."""
+    return _stable_rank_of(_singular_values(features))
+
+
+@dataclass(frozen=True)
+class FeatureRanks:
+    """`effective_rank`, `srank` and `stable_rank` of one feature matrix."""
+
+    effective: float
+    srank: int
+    stable: float
+
+
+def feature_ranks(features: torch.Tensor, delta: float = 0.01) -> FeatureRanks:
+    """All three ranks from one SVD (the SVD dominates their cost on wide conv features)."""
+    sigma = _singular_values(features)
+    return FeatureRanks(_effective_rank_of(sigma), _srank_of(sigma, delta), _stable_rank_of(sigma))
 
 
 def feature_norm(features: torch.Tensor) -> float:

@@ -490,6 +490,24 @@ def spectral_density(
     return stochastic_lanczos_quadrature(operator, num_probes, num_steps, seed)
 
 
+def _density_sigma(nodes: np.ndarray) -> float:
+    """1% of the nodes' span; a span of 0 (one node) falls back to 0.1% of their magnitude."""
+    span = float(nodes.max() - nodes.min())
+    return 0.01 * span if span > 0 else 1e-3 * max(1.0, float(abs(nodes).max()))
+
+
+def density_grid(
+    nodes: np.ndarray, num_points: int = 1001, sigma: float | None = None
+) -> tuple[np.ndarray, float]:
+    """The grid (and kernel width) `gaussian_density` uses by default: ``num_points`` points
+    spanning the nodes plus ``3 sigma`` each side, ``sigma`` defaulting to 1% of their span.
+
+    Pass the pooled nodes of several spectra to draw them on one grid with one ``sigma``.
+    """
+    sigma = _density_sigma(nodes) if sigma is None else sigma
+    return np.linspace(nodes.min() - 3 * sigma, nodes.max() + 3 * sigma, num_points), sigma
+
+
 def gaussian_density(
     nodes: np.ndarray,
     weights: np.ndarray,
@@ -499,15 +517,14 @@ def gaussian_density(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Broaden quadrature nodes into a smooth density ``sum_j w_j N(t; node_j, sigma^2)``.
 
-    ``sigma`` defaults to 1% of the node range; ``grid`` to ``num_points`` points spanning the
-    nodes plus ``3 sigma`` on each side. Returns ``(grid, density)``; the density integrates to
-    ``sum(weights)`` (1 for `spectral_density`) when the grid covers it.
+    ``sigma`` and ``grid`` default to `density_grid`'s (``num_points`` points). Returns
+    ``(grid, density)``; the density integrates to ``sum(weights)`` (1 for `spectral_density`)
+    when the grid covers it.
     """
-    span = float(nodes.max() - nodes.min())
-    if sigma is None:
-        sigma = 0.01 * span if span > 0 else 1e-3 * max(1.0, float(abs(nodes).max()))
     if grid is None:
-        grid = np.linspace(nodes.min() - 3 * sigma, nodes.max() + 3 * sigma, num_points)
+        grid, sigma = density_grid(nodes, num_points, sigma)
+    elif sigma is None:
+        sigma = _density_sigma(nodes)
     kernel = np.exp(-0.5 * ((grid[:, None] - nodes[None, :]) / sigma) ** 2)
     return grid, kernel @ weights / (sigma * np.sqrt(2 * np.pi))
 

@@ -19,12 +19,10 @@ from torch import nn
 from analysis.features import (
     active_fraction,
     dormant_ratio,
-    effective_rank,
     feature_norm,
+    feature_ranks,
     jacobian_singular_values,
     ntk_rank,
-    srank,
-    stable_rank,
 )
 from analysis.hessian import (
     GGNOperator,
@@ -210,9 +208,10 @@ def plasticity_metrics(agent, batch, task_start_params: dict[str, torch.Tensor],
         _, features = network(batch.obs, return_features=True)
     metrics = {}
     for name, activation in features.items():
-        metrics[f"erank/{name}"] = effective_rank(activation)
-        metrics[f"srank/{name}"] = float(srank(activation))
-        metrics[f"stable_rank/{name}"] = stable_rank(activation)
+        ranks = feature_ranks(activation)
+        metrics[f"erank/{name}"] = ranks.effective
+        metrics[f"srank/{name}"] = float(ranks.srank)
+        metrics[f"stable_rank/{name}"] = ranks.stable
         metrics[f"active_fraction/{name}"] = active_fraction(activation)
         metrics[f"feature_norm/{name}"] = feature_norm(activation)
     dormant = dormant_ratio(features, DORMANT_TAUS)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.hessian import gaussian_density
+from analysis.hessian import density_grid, gaussian_density
 from analysis.monitor_metrics import Measurement
 
 # What the console summary shows: (label, scalar name, format).
@@ -59,8 +59,7 @@ def density_figure(title: str, measurements: dict[str, Measurement]):
     density_axes, top_axes = figure.subplots(1, 2, gridspec_kw=dict(
         left=0.08, right=0.98, bottom=0.14, top=0.86, wspace=0.25))
     nodes = np.concatenate([m.arrays["density_nodes"] for m in measurements.values()])
-    sigma = 0.01 * max(float(np.ptp(nodes)), 1e-12)
-    grid = np.linspace(nodes.min() - 3 * sigma, nodes.max() + 3 * sigma, 1001)
+    grid, sigma = density_grid(nodes, 1001)  # one grid and width for both phases
     peak = 0.0
     for (phase, m), colour in zip(measurements.items(), ("tab:blue", "tab:orange"), strict=False):
         _, density = gaussian_density(m.arrays["density_nodes"], m.arrays["density_weights"],

@@ -111,7 +111,7 @@ def switch_densities(densities: dict[str, dict[int, list]], stem: Path) -> Path:
     are averaged (their nodes pooled, weights shared out) and broadened with a Gaussian kernel;
     later switches are drawn in lighter colours.
     """
-    from analysis.hessian import gaussian_density
+    from analysis.hessian import density_grid, gaussian_density
 
     names = sorted(densities)
     columns = min(3, len(names))
@@ -120,9 +120,7 @@ def switch_densities(densities: dict[str, dict[int, list]], stem: Path) -> Path:
     for ax, name in zip(axes.flat, names):
         switches = densities[name]
         every_node = np.concatenate([n for runs in switches.values() for n, _ in runs])
-        low, high = every_node.min(), every_node.max()
-        sigma = 0.01 * (high - low) or 1e-3
-        grid = np.linspace(low - 3 * sigma, high + 3 * sigma, 600)
+        grid, sigma = density_grid(every_node, 600)  # one grid and width for every switch
         colours = plt.cm.viridis(np.linspace(0, 0.9, len(switches)))
         peak = 0.0
         for colour, (switch, runs) in zip(colours, sorted(switches.items())):

@@ -12,6 +12,7 @@ from analysis.features import (
     dormant_ratio,
     effective_rank,
     feature_norm,
+    feature_ranks,
     jacobian_singular_values,
     ntk_gram,
     ntk_rank,
@@ -51,6 +52,14 @@ def test_effective_rank_of_equal_singular_values_is_the_rank():
 def test_zero_features_have_rank_zero():
     zeros = torch.zeros(5, 3)
     assert (effective_rank(zeros), srank(zeros), stable_rank(zeros)) == (0.0, 0, 0.0)
+
+
+@pytest.mark.parametrize("make", [lambda: torch.randn(20, 7).relu(), lambda: torch.zeros(5, 3)])
+def test_feature_ranks_equal_the_three_separate_ranks(make):
+    features = make()
+    ranks = feature_ranks(features, delta=0.05)
+    assert (ranks.effective, ranks.srank, ranks.stable) == (
+        effective_rank(features), srank(features, delta=0.05), stable_rank(features))
 
 
 def test_feature_norm_is_the_mean_per_sample_norm():

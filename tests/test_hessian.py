@@ -10,6 +10,7 @@ from analysis.hessian import (
     GGNOperator,
     HessianOperator,
     SymmetricOperator,
+    density_grid,
     density_mass_above,
     epsilon_rank,
     flatten_params,
@@ -212,6 +213,15 @@ def test_gaussian_density_integrates_to_one():
     nodes, weights = np.array([-1.0, 0.0, 2.0]), np.array([0.2, 0.5, 0.3])
     grid, density = gaussian_density(nodes, weights, num_points=4001)
     assert np.sum(density) * (grid[1] - grid[0]) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_density_grid_spans_three_sigma_beyond_the_nodes():
+    grid, sigma = density_grid(np.array([-1.0, 0.0, 3.0]), num_points=11)
+    assert sigma == pytest.approx(0.04)
+    assert (len(grid), grid[0], grid[-1]) == (11, pytest.approx(-1.12), pytest.approx(3.12))
+    # One node: no span, so the width falls back to 0.1% of its magnitude (at least 1e-3).
+    assert density_grid(np.array([50.0, 50.0]), 5)[1] == pytest.approx(0.05)
+    assert density_grid(np.array([0.0]), 5)[1] == pytest.approx(1e-3)
 
 
 def test_spectrum_summaries_on_known_spectra():
