@@ -78,8 +78,12 @@ class Trainer:
         for listener in self.listeners:
             getattr(listener, hook)(self, *args)
 
+    def make_envs(self, segment: Segment) -> ActionRecorder:
+        """The segment's vector env, its actions recorded (what a resume replays)."""
+        return ActionRecorder(self.env_factory.make_vector(segment.task))
+
     def _start(self, segment: Segment) -> None:
-        self.envs = ActionRecorder(self.env_factory.make_vector(segment.task))  # for a resume
+        self.envs = self.make_envs(segment)
         self.agent.begin_task(self.envs, segment_seed(self.cfg.seed, segment.index))
         self.segment = segment
         self.ctx.task_index, self.ctx.task_name = segment.index, segment.task.name

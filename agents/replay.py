@@ -137,6 +137,12 @@ class ReplayBuffer:
         }
         return {key: torch.as_tensor(value, device=self.device) for key, value in batch.items()}
 
+    def sample_obs(self, batch_size: int, generator: np.random.Generator) -> torch.Tensor:
+        """The observations alone of `sample(batch_size, generator)`: the same draws, without
+        building the rest of the batch (what strategies sampling recent observations need)."""
+        env, slot = self._draw(batch_size, generator)
+        return torch.as_tensor(self._stacks(env, slot - 1), device=self.device)
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Tensors sharing memory with the buffer (a multi-GB ring is not copied). Tensors, unlike
         numpy arrays, load with torch.load(weights_only=True)."""

@@ -28,7 +28,6 @@ from agents.config import ConfigError, load_config
 from agents.logger import RunLogger
 from agents.run import run_lock, save_config
 from agents.train import build_trainer, train_in
-from envs.recorder import ActionRecorder
 from envs.tasks import TaskSequence
 
 # Settings that leave the trajectory as it is; anything else would make a different run.
@@ -88,7 +87,7 @@ def rebuild_envs(trainer, segment, state: dict, stream) -> None:
         raise CheckpointError(f"the checkpoint at step {state['step']:,} says segment "
                               f"{state['segment']}, this run's schedule says {segment.index}")
     start = time.perf_counter()
-    envs = ActionRecorder(trainer.env_factory.make_vector(segment.task))
+    envs = trainer.make_envs(segment)
     obs = envs.replay(state["envs"])
     if not torch.equal(torch.as_tensor(obs), state["agent"]["obs"].cpu()):
         envs.close()

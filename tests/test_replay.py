@@ -214,6 +214,8 @@ def test_sampling_is_reproducible():
     first, again, other = (buffer.sample(64, np.random.default_rng(seed)) for seed in (1, 1, 2))
     assert all(torch.equal(first[key], again[key]) for key in first)
     assert not torch.equal(first["actions"], other["actions"])
+    # The observations alone: the same draws, the same stacks.
+    assert torch.equal(buffer.sample_obs(64, np.random.default_rng(1)), first["obs"])
 
 
 def test_checkpoint_round_trip():

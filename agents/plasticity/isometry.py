@@ -28,13 +28,14 @@ from agents.plasticity.base import Strategy, register_strategy
 
 
 def isometry_gap(block, inputs: torch.Tensor, generator: torch.Generator,
-                 probes: int = 1) -> torch.Tensor:
+                 probes: int = 1, out_numel: int | None = None) -> torch.Tensor:
     """One-sample-per-probe estimate of E_v[(‖J v‖² − ‖v‖²)²] / d for `block`'s per-sample
     Jacobian (d: the probe dimension), averaged over the rows of `inputs`; differentiable w.r.t.
-    the block's parameters."""
+    the block's parameters. `out_numel`: the block's output size per sample, if known."""
     x = inputs.detach().repeat(probes, *([1] * (inputs.dim() - 1)))
-    with torch.no_grad():
-        out_numel = block(x[:1]).numel()
+    if out_numel is None:
+        with torch.no_grad():
+            out_numel = block(x[:1]).numel()
 
     def gaussian(shape):
         return torch.randn(shape, generator=generator).to(device=x.device, dtype=x.dtype)
@@ -56,9 +57,10 @@ def isometry_gap(block, inputs: torch.Tensor, generator: torch.Generator,
 def network_isometry_gap(network, obs: torch.Tensor, features: dict, generator, probes: int,
                          samples: int) -> dict[str, torch.Tensor]:
     """R_l for every hidden block on (the first `samples` rows of) the minibatch."""
-    inputs = network.block_inputs(obs, features)
     rows = slice(None) if samples <= 0 else slice(samples)
-    return {name: isometry_gap(block, inputs[name][rows], generator, probes)
+    features = {name: value[rows] for name, value in features.items()}
+    inputs = network.block_inputs(obs[rows], features)
+    return {name: isometry_gap(block, inputs[name], generator, probes, features[name][0].numel())
             for name, block in network.blocks.items()}
 
 

@@ -177,7 +177,8 @@ class ContinualBackprop(Strategy):
         device = ctx.device
         self.utility = {n: torch.zeros(b.spec.out, device=device) for n, b in
                         ctx.network.blocks.items()}
-        self.age = {n: torch.zeros(b.spec.out, dtype=torch.long, device=device)
+        # Step counters on the host: choosing the mature units every step must not wait on a GPU.
+        self.age = {n: torch.zeros(b.spec.out, dtype=torch.long)
                     for n, b in ctx.network.blocks.items()}
         self.pending = dict.fromkeys(ctx.network.blocks, 0.0)
         self.replaced = 0
@@ -200,9 +201,10 @@ class ContinualBackprop(Strategy):
         if count == 0:
             return
         self.pending[name] -= count
-        lowest = mature[self.utility[name][mature].argsort()[:count]]
+        utility = self.utility[name]
+        lowest = mature[utility[mature.to(utility.device)].argsort()[:count].cpu()]
         ops.reinit_units(self.network, ctx.optimizer, name, lowest, self.generator)
-        self.utility[name][lowest] = 0
+        utility[lowest.to(utility.device)] = 0
         self.age[name][lowest] = 0
         self.replaced += len(lowest)
 
