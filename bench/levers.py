@@ -38,22 +38,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from agents.config import EnvConfig, NetworkConfig  # noqa: E402
 from agents.networks import Network, make_spec  # noqa: E402
-
-NETS = {"Nature CNN": ((4, 84, 84), 255), "MiniGrid CNN": ((7, 7, 3), 10)}
-
-
-def compare(variants: dict, rounds: int, calls: int = 1) -> dict[str, float]:
-    """Median seconds per call of each variant; the variants alternate within every round."""
-    for fn in variants.values():
-        fn()  # warm-up
-    seconds = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, fn in variants.items():
-            start = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            seconds[name].append((time.perf_counter() - start) / calls)
-    return {name: statistics.median(values) for name, values in seconds.items()}
+from bench.timing import NETS, compare, step_loss  # noqa: E402
 
 
 def show(title: str, medians: dict[str, float], unit: str = "ms") -> None:
@@ -80,7 +65,7 @@ def update_step(net: Network, obs: torch.Tensor, forward=None):
 
     def step():
         outputs, _ = forward(obs)
-        loss = (outputs["value"] - 1).pow(2).mean() - outputs["policy"].log_softmax(-1).mean()
+        loss = step_loss(outputs)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -243,6 +228,10 @@ def envs(rounds: int) -> None:
         vec = atari.make_vector(task, env_cfg, 8, False)
     finally:
         gym.make = make
+    shape = vec.envs[0].unwrapped.observation_space.shape
+    assert shape[-1] == 3, (f"the obs_type='rgb' patch of gym.make did not reach the ALE env "
+                            f"(its observations are {shape}, not RGB): the variant would time the "
+                            "grey pipeline twice")
     vec.reset(seed=0)
     variants["gymnasium, RGB frames from the env"] = lambda: vec.step(rng.integers(0, 4, 8))
     medians = compare(variants, rounds, 50)

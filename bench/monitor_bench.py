@@ -35,6 +35,7 @@ from agents.loop import Trainer  # noqa: E402
 from analysis.hessian import HessianOperator  # noqa: E402
 from analysis.monitor import SpectralMonitor  # noqa: E402
 from analysis.monitor_metrics import loss_closure, plasticity_metrics  # noqa: E402
+from bench.timing import seconds_per_call  # noqa: E402
 from envs.tasks import TaskSequence  # noqa: E402
 
 SETTINGS = {
@@ -65,14 +66,6 @@ def monitored_batch(trainer, monitor):
     return monitor.subsample(monitor.fresh_batch(trainer, trainer.sequence.segment(0), seed), seed)
 
 
-def seconds_per_call(fn, repeats: int) -> float:
-    fn()  # warm-up
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - start) / repeats
-
-
 def hvp_vs_gradient_step(agent, batch, repeats: int = 10) -> tuple[float, float]:
     """Seconds of one HVP of the agent's loss and of one gradient step (forward, backward, Adam)
     on the same batch, the step on a copy of the network."""
@@ -101,7 +94,7 @@ def bench(name: str, config: str, full_overrides: list[str], short_overrides: li
         hvp, step = hvp_vs_gradient_step(trainer.agent, batch)
         start_params = {k: v.detach().clone() for k, v in trainer.agent.network.named_parameters()}
         metrics_call = seconds_per_call(lambda: plasticity_metrics(
-            trainer.agent, batch, start_params, short.monitor, seed=0), repeats=1)
+            trainer.agent, batch, start_params, short.monitor, seed=0), calls=1)
     spectrum, metrics = monitor.seconds["spectrum"], monitor.seconds["metrics"]
     training = wall - spectrum - metrics
     measurements = 2 * len(trainer.sequence)

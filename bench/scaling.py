@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import statistics
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ import agents  # noqa: E402, F401  (GOMP_SPINCOUNT before torch loads, as in tra
 from agents.config import load_config  # noqa: E402
 from agents.train import run_training  # noqa: E402
 from bench.throughput import training_chunk  # noqa: E402
+from bench.timing import compare  # noqa: E402
 
 MINIGRID_TASKS = ("MiniGrid-Empty-6x6-v0", "MiniGrid-DoorKey-5x5-v0", "MiniGrid-LavaGapS5-v0")
 
@@ -39,15 +39,7 @@ def per_step_costs(config: str, variants: dict[str, list[str]], rounds: int) -> 
     with tempfile.TemporaryDirectory() as tmp:
         chunks = {name: training_chunk(config, overrides, f"{tmp}/{i}")[0]
                   for i, (name, overrides) in enumerate(variants.items())}
-        for chunk in chunks.values():
-            chunk()  # warm-up
-        costs = {name: [] for name in chunks}
-        for _ in range(rounds):
-            for name, chunk in chunks.items():
-                start = time.perf_counter()
-                steps = chunk()
-                costs[name].append((time.perf_counter() - start) / steps)
-    return {name: statistics.median(values) for name, values in costs.items()}
+        return compare(chunks, rounds, per_unit=True)  # a chunk returns its env steps
 
 
 def show(title: str, costs: dict[str, float]) -> None:

@@ -10,8 +10,8 @@ steps of a PPO-sized minibatch (256 observations) through `Learner.optimize`. On
 
 from __future__ import annotations
 
+import argparse
 import sys
-import time
 from pathlib import Path
 
 import gymnasium as gym
@@ -26,10 +26,11 @@ from agents.context import StepContext  # noqa: E402
 from agents.learner import Learner  # noqa: E402
 from agents.networks import make_spec  # noqa: E402
 from agents.plasticity.base import STRATEGIES, build_strategies  # noqa: E402
+from bench.timing import NETS, seconds_per_call, step_loss  # noqa: E402
 
-NETWORKS = {  # name: (observation shape, observation high, gradient steps to time)
-    "minigrid": ((7, 7, 3), 10, 20),
-    "nature": ((4, 84, 84), 255, 3),
+NETWORKS = {  # name: (network in bench.timing.NETS, gradient steps to time)
+    "minigrid": ("MiniGrid CNN", 20),
+    "nature": ("Nature CNN", 3),
 }
 EVERY_STEP = {"redo": {"every_steps": 1}, "shrink_perturb": {"when": "step"}}
 
@@ -48,22 +49,27 @@ def seconds_per_step(name: str | None, shape, high: int, steps: int) -> float:
 
     def step():
         outputs, features = learner.network(obs, return_features=True)
-        loss = (outputs["value"] - 1).pow(2).mean() - outputs["policy"].log_softmax(-1).mean()
-        learner.optimize(StepContext(learner.ctx, obs, loss, outputs, features))
+        learner.optimize(StepContext(learner.ctx, obs, step_loss(outputs), outputs, features))
 
-    step()  # warm-up (and the step C-CHAIN needs before it has a previous network)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - start) / steps
+    # its warm-up call is also the step C-CHAIN needs before it has a previous network
+    return seconds_per_call(step, steps)
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    # no `choices`: Python 3.11's argparse rejects an empty nargs="*" list against them
+    parser.add_argument("networks", nargs="*", metavar="network",
+                        help=f"any of {', '.join(NETWORKS)} (default all)")
+    args = parser.parse_args()
+    unknown = set(args.networks) - set(NETWORKS)
+    if unknown:
+        parser.error(f"unknown network(s) {', '.join(sorted(unknown))}")
     torch.set_num_threads(1)
     import agents.plasticity  # noqa: F401
 
-    for network in sys.argv[1:] or list(NETWORKS):
-        shape, high, steps = NETWORKS[network]
+    for network in args.networks or list(NETWORKS):
+        net, steps = NETWORKS[network]
+        shape, high = NETS[net]
         base = seconds_per_step(None, shape, high, steps)
         print(f"\n{network}: plain PPO step {1000 * base:.1f} ms (batch 256, {steps} steps)")
         for name in sorted(STRATEGIES):
