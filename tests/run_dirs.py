@@ -1,4 +1,5 @@
-"""Run directories as the trainer leaves them, written by hand for the analysis tests."""
+"""Run directories as the trainer leaves them, written by hand for the analysis tests; reading
+the Markdown tables of their reports."""
 
 import json
 
@@ -38,3 +39,20 @@ def write_run(run_dir, scalars, config=None, status=None):
     if status:
         (run_dir / "status.json").write_text(json.dumps({"status": status}))
     return run_dir
+
+
+def markdown_table(text, column):
+    """Rows (dicts) of the first Markdown table with a column named `column`."""
+    def cells(line):
+        return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines)
+                 if line.startswith("|") and column in cells(line))
+    header = cells(lines[start])
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(header, cells(line))))
+    return rows

@@ -5,6 +5,7 @@ import math
 import pandas as pd
 import pytest
 import yaml
+from run_dirs import markdown_table
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from agents.config import ConfigError
@@ -40,24 +41,6 @@ def logged_scores(run_dir, num_segments=3):
         steps, values = zip(*points)  # with 4 envs, each task ends episodes by 1024 steps
         scores.append((sum(values) / len(values), segment_auc(steps, values, start, end)))
     return scores
-
-
-def cells(line):
-    return [cell.strip() for cell in line.strip().strip("|").split("|")]
-
-
-def markdown_table(text, column):
-    """Rows (dicts) of the first Markdown table with a column named `column`."""
-    lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines)
-                 if line.startswith("|") and column in cells(line))
-    header = cells(lines[start])
-    rows = []
-    for line in lines[start + 2:]:
-        if not line.startswith("|"):
-            break
-        rows.append(dict(zip(header, cells(line))))
-    return rows
 
 
 @pytest.mark.skipif("reset" not in STRATEGIES, reason="the reference needs the reset strategy")

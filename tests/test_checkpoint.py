@@ -38,6 +38,7 @@ def test_a_write_killed_midway_leaves_the_previous_checkpoint_loadable(tmp_path)
         deadline = time.monotonic() + 60
         while not (temp.exists() and 0 < temp.stat().st_size < 100_000_000):
             assert time.monotonic() < deadline, "the big write never started"
+            time.sleep(0.001)  # poll without spinning a core the writer needs
         writer.kill()  # SIGKILL: no handler, no cleanup
     finally:
         writer.wait()

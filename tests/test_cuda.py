@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from training import train_once
 
 from agents.loop import Trainer
-from tests.training import train_once
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 

@@ -1,5 +1,6 @@
 """DQN: TD targets by hand, episode ends and switches in the buffer, schedules and syncs at their
-steps, replay ratio, determinism, hooks, the monitor's pure loss, and a CLI smoke run."""
+steps, replay ratio, the monitor's pure loss, and a CLI smoke run (determinism: test_determinism;
+strategy hooks: test_strategies)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,10 @@ import torch
 import torch.nn.functional as F
 from gymnasium.wrappers.vector import RecordEpisodeStatistics
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from training import train_once
 
 from agents.config import ConfigError, load_config
 from agents.dqn import DQN, ReplayBatch
-from agents.logger import RunLogger
-from agents.loop import Trainer
-from agents.plasticity.base import STRATEGIES, Strategy, StrategyStack
+from agents.plasticity.base import StrategyStack
 
 ROOT = Path(__file__).resolve().parent.parent
 EPISODE_END = 4  # CounterEnv episodes end when t reaches 4
@@ -291,82 +289,6 @@ def test_loss_is_a_pure_function_of_the_online_params(tiny_cfg, loss_name, refer
     tangent = {k: torch.ones_like(v) for k, v in params.items()}
     _, hvp = torch.func.jvp(torch.func.grad(loss_of), (params,), (tangent,))
     assert all(torch.isfinite(v).all() for v in hvp.values())
-
-
-def test_same_seed_same_parameters(tiny_cfg, tmp_path):
-    overrides = ("sequence.switch_every=512", "dqn.n_step=2", "dqn.double_dqn=true")
-    cfg = lambda *extra: tiny_cfg(*overrides, *extra, path="tiny_dqn.yaml")  # noqa: E731
-    params_a, returns_a = train_once(cfg(), tmp_path / "a")
-    params_b, returns_b = train_once(cfg(), tmp_path / "b")
-    params_c, _ = train_once(cfg("seed=2"), tmp_path / "c")
-    assert returns_a and returns_a == returns_b
-    assert all(torch.equal(params_a[name], params_b[name]) for name in params_a)
-    assert any(not torch.equal(params_a[n], params_c[n]) for n in params_a)
-
-
-class HookRecorder(Strategy):
-    """Counts every hook it receives."""
-
-    name = "recorder"
-
-    def __init__(self, settings):
-        super().__init__(settings)
-        self.calls: dict[str, int] = {}
-        self.penalty_batches = set()
-
-    def _count(self, hook):
-        self.calls[hook] = self.calls.get(hook, 0) + 1
-
-    def configure_network(self, spec):
-        self._count("configure_network")
-
-    def configure_optimizer(self, factory):
-        self._count("configure_optimizer")
-        return factory
-
-    def setup(self, ctx):
-        self._count("setup")
-
-    def loss_penalty(self, step):
-        self._count("loss_penalty")
-        self.penalty_batches.add(len(step.obs))
-        assert step.loss.requires_grad and "fc1" in step.features
-
-    def after_optimizer_step(self, step):
-        self._count("after_optimizer_step")
-
-    def after_update(self, ctx):
-        self._count("after_update")
-
-    def on_task_switch(self, ctx, prev, nxt):
-        self._count("on_task_switch")
-
-    def metrics(self):
-        self._count("metrics")
-        return {}
-
-
-def test_strategy_hooks_are_the_same_as_under_ppo(tiny_cfg, tmp_path, monkeypatch):
-    monkeypatch.setitem(STRATEGIES, "recorder", HookRecorder)
-    runs = {}
-    for agent, path, extra in (("ppo", "tiny.yaml", ()),
-                               ("dqn", "tiny_dqn.yaml",
-                                ("dqn.learning_starts=128", "dqn.replay_ratio=0.5"))):
-        trainer = Trainer(tiny_cfg("sequence.switch_every=256", "plasticity.recorder={}", *extra,
-                                   path=path))
-        logger = RunLogger(tmp_path / agent, trainer.sequence.total_steps, 1000)
-        trainer.run(logger)
-        logger.close()
-        runs[agent] = (trainer.strategies.strategies[0], trainer.ctx)
-    ppo, (dqn, ctx) = runs["ppo"][0], runs["dqn"]
-    assert set(dqn.calls) == set(ppo.calls) == {
-        "configure_network", "configure_optimizer", "setup", "loss_penalty",
-        "after_optimizer_step", "after_update", "on_task_switch", "metrics"}
-    # train steps every 4 env steps from step 128 to 768: 161, each of 0.5 × 4 = 2 updates
-    assert dqn.calls["after_update"] == ctx.iteration == 161
-    assert dqn.calls["loss_penalty"] == dqn.calls["after_optimizer_step"] == 322
-    assert ctx.update_count == 322 and dqn.penalty_batches == {32}
-    assert dqn.calls["on_task_switch"] == 2 and dqn.calls["setup"] == 1
 
 
 BAD_DQN = [

@@ -1,20 +1,17 @@
 """`pliable report` on hand-written runs whose statistics are known in closed form."""
 
-import subprocess
-import sys
-from pathlib import Path
+import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
-from run_dirs import SWITCH_EVERY, make_config, write_run
+from run_dirs import SWITCH_EVERY, make_config, markdown_table, write_run
 from scipy.stats import spearmanr
 
 from analysis.report import main
 from analysis.report_tables import number
 from analysis.results import load_table
 
-ROOT = Path(__file__).resolve().parent.parent
 LEVELS = {  # return on task position k (tasks A, B, A, B): constant within a segment
     ("reference_fresh", 1): lambda k: 10.0, ("reference_fresh", 2): lambda k: 10.0,
     ("l2", 1): lambda k: 10.0 - k, ("l2", 2): lambda k: 10.0 - 2 * k,
@@ -43,22 +40,6 @@ def write_study(root, with_spectra=True):
               status="running")
 
 
-def table_rows(markdown, column):
-    """Rows of the first Markdown table with a column named `column`, as dicts."""
-    def cells(line):
-        return [cell.strip() for cell in line.strip().strip("|").split("|")]
-
-    lines = markdown.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("|") and
-                 column in cells(line))
-    rows = []
-    for line in lines[start + 2:]:
-        if not line.startswith("|"):
-            break
-        rows.append(dict(zip(cells(lines[start]), cells(line))))
-    return rows
-
-
 def test_report_numbers_match_the_closed_form(tmp_path):
     write_study(tmp_path / "runs")
     out = tmp_path / "report"
@@ -70,7 +51,7 @@ def test_report_numbers_match_the_closed_form(tmp_path):
     assert [ratios[("l2/s1", k)] for k in range(4)] == pytest.approx([1.0, 0.9, 0.8, 0.7])
     assert [ratios[("l2/s2", k)] for k in range(4)] == pytest.approx([1.0, 0.8, 0.6, 0.4])
     markdown = (out / "report.md").read_text()
-    summary = {row["strategy set"]: row for row in table_rows(markdown, "runs")}
+    summary = {row["strategy set"]: row for row in markdown_table(markdown, "runs")}
     l2 = summary["l2"]
     assert l2["runs"] == "2"
     # pooled ratios .4 .6 .7 .8 .8 .9 1 1: IQM = mean(.7 .8 .8 .9) = 0.8, mean = 0.775
@@ -80,15 +61,16 @@ def test_report_numbers_match_the_closed_form(tmp_path):
     # last visits: (8, 7) and (6, 4); forgetting: A 10-8, B 9-7 and A 10-6, B 8-4
     assert (l2["final return"], l2["forgetting"]) == ("6.25", "3")
     assert summary["reference_fresh"]["ratio (AUC) IQM [95% CI]"].startswith("1 [")
-    per_task = [row for row in table_rows(markdown, "position") if row["strategy set"] == "l2"]
+    per_task = [row for row in markdown_table(markdown, "position")
+                if row["strategy set"] == "l2"]
     assert [(row["task"], row["ratio (AUC)"]) for row in per_task] == [
         ("A", "1"), ("B", "0.85"), ("A", "0.7"), ("B", "0.55")]
 
-    spectra = table_rows(markdown, "switch to position")
+    spectra = markdown_table(markdown, "switch to position")
     assert [(row["switch to position"], row["post lambda_max"], row["pre trace"])
             for row in spectra] == [("1", "1.5", "1"), ("2", "3", "2"), ("3", "4.5", "3")]
     correlation = {(row["measured"], row["metric"]): row
-                   for row in table_rows(markdown, "Spearman ρ")}
+                   for row in markdown_table(markdown, "Spearman ρ")}
     assert correlation[("post", "lambda_max")]["n"] == "6"  # 2 runs x 3 switches
     assert correlation[("post", "lambda_max")]["Pearson r"] == "-1"
     # trace 1, 2, 3 in each run against its ratios .9 .8 .7 and .8 .6 .4
@@ -123,6 +105,22 @@ def test_without_reference_or_spectra_the_report_says_so(tmp_path, capsys):
     assert "reference_fresh/s1 (failed)" in markdown
 
 
+def test_a_skipped_run_is_one_note_and_no_raw_warning(tmp_path, capsys):
+    write_study(tmp_path / "runs", with_spectra=False)
+    stray = write_run(tmp_path / "runs" / "stray", {"charts/episodic_return": [(5, 1.0)]})
+    (stray / "config.yaml").unlink()  # event files but no config: cannot be placed in a schedule
+
+    with warnings.catch_warnings(record=True) as raw:
+        warnings.simplefilter("always")
+        assert main([str(tmp_path / "runs")]) == 0
+
+    note = f"skipping {stray}: event files but no config.yaml"
+    assert [str(w.message) for w in raw if str(stray) in str(w.message)] == []
+    assert capsys.readouterr().err.count(note) == 1
+    markdown = (tmp_path / "runs" / "report" / "report.md").read_text()
+    assert markdown.count(note) == 1 and "l2/s3 (running)" in markdown
+
+
 BAD_REPORTS = [
     (["{root}/nowhere"], "runs directory not found"),
     (["{root}/empty"], "no finished runs under"),
@@ -132,15 +130,9 @@ BAD_REPORTS = [
 
 
 @pytest.mark.parametrize("args,message", BAD_REPORTS)
-def test_bad_report_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
+def test_bad_report_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message,
+                                                                assert_one_line_exit_2):
     write_study(tmp_path / "runs", with_spectra=False)
     (tmp_path / "empty").mkdir()
-    before = sorted(tmp_path.rglob("*"))
-    result = subprocess.run(
-        [sys.executable, "-c", "import sys, train; sys.exit(train.cli())", "report",
-         *(arg.format(root=tmp_path) for arg in args)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
-    assert sorted(tmp_path.rglob("*")) == before
+    argv = ["report", *(arg.format(root=tmp_path) for arg in args)]
+    assert_one_line_exit_2(argv, message, tmp_path)

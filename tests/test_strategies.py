@@ -10,11 +10,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from training import run
 
 import agents.plasticity  # noqa: F401  (registers the catalogue)
 from agents.config import CONFIG_DIR, ConfigError
-from agents.logger import RunLogger
-from agents.loop import AGENTS, Listener, Trainer
+from agents.loop import AGENTS, Listener
 from agents.plasticity.base import (
     STRATEGIES,
     Strategy,
@@ -88,14 +88,6 @@ def tiny(tmp_path, agent, *overrides):
                               "sequence.switch_every=64", *SHORT.get(agent, []), *overrides])
 
 
-def run(cfg, log_dir, listeners=()):
-    trainer = Trainer(cfg, listeners)
-    logger = RunLogger(log_dir, trainer.sequence.total_steps, 1000)
-    trainer.run(logger)
-    logger.close()
-    return trainer
-
-
 class Recorder(Strategy):
     """Counts every hook it receives."""
 
@@ -116,6 +108,7 @@ class Recorder(Strategy):
 
     def loss_penalty(self, step):
         self.calls["loss_penalty"] += 1
+        assert step.loss.requires_grad
         self.batch_sizes.add(step.obs.shape[0])
         self.feature_names |= set(step.features)
 
@@ -145,9 +138,13 @@ class IterationCounter(Listener):
 def test_every_agent_calls_every_hook_the_expected_number_of_times(agent, tmp_path, monkeypatch):
     monkeypatch.setitem(STRATEGIES, "recorder", Recorder)
     counter = IterationCounter()
-    trainer = run(tiny(tmp_path, agent, "plasticity.recorder={}"), tmp_path / "log", [counter])
+    two_updates_per_train_step = ["dqn.replay_ratio=0.5"] if agent == "dqn" else []
+    cfg = tiny(tmp_path, agent, "plasticity.recorder={}", *two_updates_per_train_step)
+    trainer = run(cfg, tmp_path / "log", [counter])
     recorder = trainer.strategies.strategies[0]
     ctx, calls = trainer.ctx, recorder.calls
+    assert set(calls) == {"configure_network", "configure_optimizer", "setup", "loss_penalty",
+                          "after_optimizer_step", "after_update", "on_task_switch", "metrics"}
     assert calls["configure_network"] == calls["configure_optimizer"] == calls["setup"] == 1
     assert calls["loss_penalty"] == calls["after_optimizer_step"] == ctx.update_count > 0
     assert calls["after_update"] == ctx.iteration > 0
@@ -157,6 +154,9 @@ def test_every_agent_calls_every_hook_the_expected_number_of_times(agent, tmp_pa
     if agent == "ppo":  # 3 tasks × 64 steps / (4 envs × 8 steps) iterations × 1 epoch × 4 mb
         assert counter.iterations == ctx.iteration == 6
         assert ctx.update_count == 6 * 1 * 4 and recorder.batch_sizes == {8}
+    if agent == "dqn":  # a train step every 4 env steps from step 32 to 192: 41, 2 updates each
+        assert ctx.iteration == 41
+        assert ctx.update_count == 41 * 2 and recorder.batch_sizes == {16}
 
 
 def pairs():
@@ -214,13 +214,11 @@ def test_cli_run_logs_strategy_metrics_and_names_the_run_by_its_strategies(tmp_p
             "plasticity/redo/dormant_fraction"} <= tags
 
 
-def test_cli_bad_setting_is_one_line_and_exit_2(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "tiny", f"runs_root={tmp_path}",
-         "plasticity.reset={layers: [fc9]}"], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2
-    assert result.stderr.strip() == ("error: plasticity.reset.layers: unknown layer 'fc9' "
-                                      "(allowed: conv1, conv2, conv3, fc1, heads, all)")
+def test_bad_setting_is_one_line_and_exit_2(tmp_path, assert_one_line_exit_2):
+    argv = ["train", "tiny", f"runs_root={tmp_path}", "plasticity.reset={layers: [fc9]}"]
+    line = assert_one_line_exit_2(argv, "unknown layer 'fc9'", tmp_path)
+    assert line == ("error: plasticity.reset.layers: unknown layer 'fc9' "
+                    "(allowed: conv1, conv2, conv3, fc1, heads, all)")
     assert not (tmp_path / "tiny").exists()
 
 

@@ -6,12 +6,18 @@ from agents.logger import RunLogger
 from agents.loop import Trainer
 
 
-def train_once(cfg, log_dir):
-    """Train cfg with logs in log_dir; returns (final parameters, logged episodic returns)."""
-    trainer = Trainer(cfg)
+def run(cfg, log_dir, listeners=()):
+    """Train cfg with logs in log_dir; returns the trainer, to inspect its agent and counters."""
+    trainer = Trainer(cfg, listeners)
     logger = RunLogger(log_dir, trainer.sequence.total_steps, 1000)
     trainer.run(logger)
     logger.close()
+    return trainer
+
+
+def train_once(cfg, log_dir):
+    """Train cfg with logs in log_dir; returns (final parameters, logged episodic returns)."""
+    trainer = run(cfg, log_dir)
     acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
     acc.Reload()
     returns = [(e.step, e.value) for e in acc.Scalars("charts/episodic_return")]
