@@ -81,6 +81,7 @@ class PPOConfig:
     max_grad_norm: float = 0.5
     target_kl: Optional[float] = None
     adam_eps: float = 1e-5
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # torch's defaults
 
 
 @dataclass
@@ -100,6 +101,7 @@ class DQNConfig:
     loss: str = "mse"  # mse (CleanRL) | huber (Nature DQN)
     max_grad_norm: Optional[float] = None  # CleanRL's DQN does not clip
     adam_eps: float = 1e-8
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # torch's defaults
     # plasticity-research options
     double_dqn: bool = False
     n_step: int = 1
@@ -123,10 +125,13 @@ class CheckpointConfig:
 @dataclass
 class MonitorConfig:
     """The spectral monitor (analysis/monitor.py): Hessian spectrum of the agent's own loss at every
-    task boundary, on the old task's last batch (`pre`) and on a fresh batch of the new task
-    before any update (`post`); feature metrics every `metrics_every` updates. Observes only."""
+    task boundary, on a batch of the old task (`pre`, see `pre_batch`) and on a fresh batch of
+    the new task before any update (`post`); feature metrics every `metrics_every` updates.
+    Observes only. `preset` fills in a named set of these values (MONITOR_PRESETS) below the
+    user's file and overrides."""
 
     enabled: bool = False
+    preset: str = ""  # "" | he2025 (MONITOR_PRESETS: He et al. 2025's measurement settings)
     batch_size: int = 256  # samples per measured batch (a seeded subsample; a probe rollout)
     top_k: int = 20  # Hessian eigenvalues, algebraically largest first
     method: str = "lanczos"  # lanczos (fixed steps, full re-orthogonalisation) | eigsh (ARPACK)
@@ -135,8 +140,13 @@ class MonitorConfig:
     density_probes: int = 3  # spectral density by stochastic Lanczos quadrature:
     density_steps: int = 25  # density_probes x density_steps Hessian-vector products
     trace_probes: int = 10  # Hutchinson probes for the trace, off the top-k's Krylov space
-    eps: float = 0.01  # ε-rank: top-k eigenvalues above eps·λmax
+    eps: float = 0.01  # the relative ε of eps_rank_rel: eigenvalues above eps·λmax
     tau: float = 0.01  # τ-trainability: share of the density above tau·λmax
+    # He et al. 2025's ε-rank (eps_rank_he2025/<ε>: % of their density outside [-ε, ε]) at each
+    he2025_eps: list[float] = field(
+        default_factory=lambda: [0.01, 0.02, 0.04, 0.08, 0.1, 0.2, 0.5, 1.0])
+    density_kernel: str = "relative"  # smoothed density plots: relative (σ 1% of the span) | he2025
+    pre_batch: str = "fresh"  # pre: fresh (a rollout with the current parameters) | last (batch)
     ggn: bool = True  # Gauss-Newton top-k (same method as the Hessian's)
     ggn_steps: int = 40  # its Lanczos steps (>= top_k): its top 10 converge faster than H's
     kfac: bool = True  # KFAC factors of every layer: ranks, the λ(A)·μ(G) spectrum
@@ -178,7 +188,18 @@ CHOICES = {
     "env.backend": ("auto", "gymnasium", "ale_vector"),
     "network.arch": ("auto", "nature_cnn", "minigrid_cnn", "mlp"),
     "monitor.method": ("lanczos", "eigsh"),
+    "monitor.preset": ("", "he2025"),
+    "monitor.density_kernel": ("relative", "he2025"),
+    "monitor.pre_batch": ("fresh", "last"),
     "sequence.order": ("fixed", "shuffled"),
+}
+# monitor.preset: values between the schema's defaults and the user's file and overrides.
+MONITOR_PRESETS = {
+    # He et al. 2025's measurement (lop-jax ppo_nonstationary.hessian_computation): one probe,
+    # Lanczos order 100, their density on 10,000 points, a fresh rollout with the current
+    # parameters (1000 steps there; 1024 samples, a multiple of the usual num_envs, here).
+    "he2025": {"density_probes": 1, "density_steps": 100, "lanczos_steps": 100,
+               "density_kernel": "he2025", "batch_size": 1024, "pre_batch": "fresh"},
 }
 POSITIVE_INTS = (
     "env.num_envs", "sequence.switch_every", "sequence.cycles", "env.frame_skip",
@@ -201,9 +222,31 @@ def resolve_config_path(path: str | Path, directory: Path = CONFIG_DIR) -> Path:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> DictConfig:
-    """Schema <- YAML file <- dotted overrides, validated; raises ConfigError on bad input."""
+    """Schema <- `monitor.preset`'s values <- YAML file <- dotted overrides, validated; raises
+    ConfigError on bad input. The preset is read from a first merge without it, so a preset set
+    in the file or an override applies below both (an explicit value always wins); a resolved
+    config (a run's config.yaml) already holds every value, so re-applying its preset is a
+    no-op."""
     path = resolve_config_path(path or DEFAULT_CONFIG)
-    cfg = merge_config(OmegaConf.structured(Config), load_yaml_mapping(path), str(path))
+    file_cfg = load_yaml_mapping(path)
+    cfg = _merge_file_and_overrides(OmegaConf.structured(Config), file_cfg, path, overrides)
+    if cfg.monitor.preset:
+        preset = cfg.monitor.preset
+        if preset not in MONITOR_PRESETS:
+            raise ConfigError(f"monitor.preset: '{preset}' is not one of \"\" (none), "
+                              f"{', '.join(MONITOR_PRESETS)}")
+        base = OmegaConf.merge(OmegaConf.structured(Config),
+                               {"monitor": MONITOR_PRESETS[preset]})
+        cfg = _merge_file_and_overrides(base, file_cfg, path, overrides)
+    if not cfg.exp_name:
+        cfg.exp_name = path.stem
+    validate(cfg)
+    return cfg
+
+
+def _merge_file_and_overrides(base: DictConfig, file_cfg: DictConfig, path: Path,
+                              overrides) -> DictConfig:
+    cfg = merge_config(base, file_cfg, str(path))
     for override in overrides:
         if "=" not in override:
             raise ConfigError(f"override '{override}' is not of the form dotted.key=value")
@@ -212,10 +255,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Di
         except Exception as exc:
             raise ConfigError(f"override '{override}': {str(exc).splitlines()[0]}") from None
         cfg = merge_config(cfg, parsed, f"override '{override}'")
-    if not cfg.exp_name:
-        cfg.exp_name = path.stem
-    validate(cfg)
     return cfg
+
+
+def preset_overrides(overrides) -> list[str]:
+    """`overrides` with every `monitor.preset=NAME` preceded by that preset's values as dotted
+    overrides: for a resolved config file (a run's config.yaml), whose explicit values would
+    otherwise hide a preset asked for on the command line (`pliable spectrum`)."""
+    expanded = []
+    for override in overrides:
+        key, _, name = override.partition("=")
+        if key.strip() == "monitor.preset" and name.strip() in MONITOR_PRESETS:
+            expanded += [f"monitor.{k}={v}" for k, v in MONITOR_PRESETS[name.strip()].items()]
+        expanded.append(override)
+    return expanded
 
 
 def load_yaml_mapping(path: Path) -> DictConfig:
@@ -242,7 +295,8 @@ def validate(cfg: DictConfig) -> None:
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
-            raise ConfigError(f"{key}: '{value}' is not one of {', '.join(allowed)}")
+            shown = ", ".join(a or '"" (none)' for a in allowed)
+            raise ConfigError(f"{key}: '{value}' is not one of {shown}")
     for key in POSITIVE_INTS:
         if OmegaConf.select(cfg, key) <= 0:
             raise ConfigError(f"{key} must be a positive integer, got {OmegaConf.select(cfg, key)}")
@@ -264,6 +318,8 @@ def validate(cfg: DictConfig) -> None:
     if cfg.network.width <= 0:
         raise ConfigError(f"network.width must be positive, got {cfg.network.width}")
     _validate_dqn(cfg.dqn, cfg.env)
+    for agent in ("ppo", "dqn"):
+        check_adam_betas(f"{agent}.adam_betas", cfg[agent].adam_betas)
     _validate_monitor(cfg.monitor)
     # Strategy settings are checked by building the strategies (cheap: no network yet), so that
     # --print-config, training and `pliable bench` reject the same input.
@@ -273,6 +329,15 @@ def validate(cfg: DictConfig) -> None:
     if cfg.checkpoint.every < 0:
         raise ConfigError(f"checkpoint.every must be >= 0 (0: only at switches and the end), got "
                           f"{cfg.checkpoint.every}")
+
+
+def check_adam_betas(key: str, betas) -> None:
+    """Adam's (β1, β2): two numbers, each in [0, 1); anything else is a one-line ConfigError."""
+    values = list(betas) if betas is not None else []
+    if len(values) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool)
+                                   and 0.0 <= b < 1.0 for b in values):
+        raise ConfigError(f"{key} must be two numbers, each in [0, 1) (e.g. [0.9, 0.999]), "
+                          f"got {values}")
 
 
 def _validate_dqn(dqn, env) -> None:
@@ -309,6 +374,10 @@ def _validate_monitor(monitor) -> None:
     for key in ("eps", "tau", "eigsh_tol"):
         if not 0.0 < monitor[key] <= 1.0:
             raise ConfigError(f"monitor.{key} must lie in (0, 1], got {monitor[key]}")
+    eps = list(monitor.he2025_eps)
+    if not eps or min(eps) <= 0 or len({f"{e:g}" for e in eps}) < len(eps):
+        raise ConfigError(f"monitor.he2025_eps must be a non-empty list of distinct positive "
+                          f"numbers, got {eps}")
     for key in ("lanczos_steps", "ggn_steps"):
         if monitor[key] < monitor.top_k:
             raise ConfigError(f"monitor.{key} ({monitor[key]}) must be at least monitor.top_k "

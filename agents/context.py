@@ -39,4 +39,5 @@ class StepContext:
     loss: torch.Tensor
     outputs: dict[str, torch.Tensor]
     features: dict[str, torch.Tensor]  # hidden block name -> activations (with graph)
+    # Named parts of the loss, detached: PPO gives "policy_loss" (its clipped surrogate alone)
     extras: dict[str, Any] = field(default_factory=dict)

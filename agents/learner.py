@@ -19,24 +19,27 @@ from agents.plasticity.base import StrategyStack
 COUNTERS = ("global_step", "update_count", "iteration", "task_index", "task_name")
 
 
-def adam_factory(learning_rate: float, eps: float):
-    """Adam with its settings bound (`.keywords`: a strategy replacing Adam reuses them).
-    fused: one kernel per parameter, 3x faster a step than torch's per-tensor loop (its CPU
-    default) on the Nature CNN and within round-off of it (bench/levers.py, tests)."""
-    return functools.partial(torch.optim.Adam, lr=learning_rate, eps=eps, fused=True)
+def adam_factory(learning_rate: float, eps: float, betas=(0.9, 0.999)):
+    """Adam with its settings bound (`.keywords`: a strategy replacing Adam reuses them, one
+    binding weight decay or betas edits them). fused: one kernel per parameter, 3x faster a step
+    than torch's per-tensor loop (its CPU default) on the Nature CNN and within round-off of it
+    (bench/levers.py, tests)."""
+    return functools.partial(torch.optim.Adam, lr=learning_rate, eps=eps,
+                             betas=tuple(float(b) for b in betas), fused=True)
 
 
 class Learner:
     def __init__(self, spec: NetworkSpec, strategies: StrategyStack, ctx_kwargs: dict,
                  learning_rate: float, adam_eps: float, max_grad_norm: Optional[float],
-                 device: torch.device, compile: bool = False):
+                 device: torch.device, compile: bool = False, adam_betas=(0.9, 0.999)):
         self.strategies = strategies
         strategies.configure_network(spec)
         self.network = Network(spec).to(device)
         # The forward pass (and so the backward) of every gradient step, torch.compile'd on
         # request; acting and the spectral monitor's double backward use the eager network.
         self.train_forward = torch.compile(self._forward) if compile else self._forward
-        factory = strategies.configure_optimizer(adam_factory(learning_rate, adam_eps))
+        factory = strategies.configure_optimizer(
+            adam_factory(learning_rate, adam_eps, adam_betas))
         self.optimizer = factory(list(self.network.parameters()))
         self.max_grad_norm = max_grad_norm
         self.ctx = TrainContext(network=self.network, optimizer=self.optimizer, device=device,
@@ -50,7 +53,8 @@ class Learner:
                   device: torch.device) -> Learner:
         """The learner of agent `kind`: run config `cfg`, its agent section `agent_cfg`."""
         return cls(spec, strategies, dict(agent=kind, seed=cfg.seed), agent_cfg.learning_rate,
-                   agent_cfg.adam_eps, agent_cfg.max_grad_norm, device, cfg.compile)
+                   agent_cfg.adam_eps, agent_cfg.max_grad_norm, device, cfg.compile,
+                   agent_cfg.adam_betas)
 
     def _forward(self, obs: torch.Tensor):
         return self.network(obs, return_features=True)

@@ -200,8 +200,9 @@ class PPO:
             for mb_idx in order.tensor_split(num_mb):
                 mb = batch.index(mb_idx)
                 loss, stats, outputs, features = self.loss(mb, forward)
+                extras = {"policy_loss": stats["losses/policy_loss"].detach()}  # C-CHAIN: λ
                 stats.update(self.learner.optimize(
-                    StepContext(self.ctx, mb.obs, loss, outputs, features)))
+                    StepContext(self.ctx, mb.obs, loss, outputs, features, extras)))
                 for k, v in stats.items():
                     totals[k] = totals.get(k, 0) + v.detach()
                 count += 1

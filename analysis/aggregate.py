@@ -8,12 +8,14 @@ The pipeline, each step's output feeding the next:
     forgetting(scores), final_performance(scores)  on tasks revisited by cycling sequences
     aggregate_with_ci(ratios, "plasticity_ratio")  IQM and mean with stratified bootstrap CIs
     spectral_correlation(table, ratios)            spectrum at a switch vs the next task's ratio
+    epsilon_selection(correlation)                 He et al.'s ε-rank: the ε of the best R²
+    first_task_ratios(ratios)                      the ratio on task position 0, per group
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,7 +26,9 @@ SEGMENT_KEYS = [*RUN_KEYS, "task", "task_index", "cycle"]
 GROUP_KEYS = ["agent", "sequence", "strategy_set"]  # what a comparison holds fixed
 RETURN_METRIC = "charts/episodic_return"
 REFERENCE = "reference_fresh"  # the bench's fresh-agent strategy set: every layer reset at switches
+BASELINE = "none"  # the strategy set a study compares methods against: no strategy
 SPECTRUM_PREFIX = "spectrum/post/"
+HE2025_EPS_RANK = "eps_rank_he2025/"  # + ε formatted :g: He et al. 2025's ε-rank, in percent
 
 
 def segment_auc(steps: np.ndarray, values: np.ndarray, start: float, end: float) -> float:
@@ -243,27 +247,75 @@ def switch_spectra(table: pd.DataFrame, prefix: str = SPECTRUM_PREFIX) -> pd.Dat
 
 
 def spectral_correlation(table: pd.DataFrame, ratios: pd.DataFrame, by: Sequence[str] = (),
-                         prefix: str = SPECTRUM_PREFIX,
-                         value: str = "plasticity_ratio") -> pd.DataFrame:
+                         prefix: str = SPECTRUM_PREFIX, value: str = "plasticity_ratio",
+                         skip_positions: Collection[int] = ()) -> pd.DataFrame:
     """Pearson and Spearman correlation (with p-values) of each spectral metric at a switch with
-    the plasticity ratio of the task that starts there, pooled over runs (or per `by` group).
+    the plasticity ratio of the task that starts there, pooled over runs (or per `by` group), and
+    the least-squares line of the ratio on the metric (`slope`, `intercept`, `r_squared`).
 
-    NaN statistics where fewer than 3 switches have both numbers. Reference runs count like any
-    other; drop them from `ratios` to correlate only the runs under study.
+    NaN statistics where fewer than 3 switches have both numbers or either side is constant.
+    `skip_positions`: task positions left out, e.g. (0,) as He et al. do: the measurement at the
+    first task is of the untrained network, and its ratio says nothing of lost plasticity.
+    Reference runs count like any other; drop them from `ratios` to correlate only the runs
+    under study.
     """
-    targets = ratios[[*by, "run", "task_index", value]].dropna(subset=[value])
-    pairs = switch_spectra(table, prefix).merge(targets, on=["run", "task_index"])
+    pairs = spectral_pairs(table, ratios, [*by], prefix, value, skip_positions)
     rows = []
     for keys, group in pairs.groupby([*by, "metric"], sort=True):
         rows.append({**dict(zip([*by, "metric"], keys)), "n": len(group),
                      **_correlations(group["value"].to_numpy(), group[value].to_numpy())})
-    columns = [*by, "metric", "n", "pearson_r", "pearson_p", "spearman_rho", "spearman_p"]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=[*by, "metric", "n", *CORRELATION_COLUMNS])
+
+
+def spectral_pairs(table: pd.DataFrame, ratios: pd.DataFrame, columns: Sequence[str] = (),
+                   prefix: str = SPECTRUM_PREFIX, value: str = "plasticity_ratio",
+                   skip_positions: Collection[int] = ()) -> pd.DataFrame:
+    """`switch_spectra` rows (run, task_index, metric, value) joined with the `value` of the
+    task that starts at the switch, and the ratios' `columns`; `skip_positions` left out."""
+    targets = ratios[[*columns, "run", "task_index", value]].dropna(subset=[value])
+    pairs = switch_spectra(table, prefix).merge(targets, on=["run", "task_index"])
+    return pairs[~pairs["task_index"].isin(list(skip_positions))].reset_index(drop=True)
+
+
+CORRELATION_COLUMNS = ("pearson_r", "pearson_p", "spearman_rho", "spearman_p", "r_squared",
+                       "slope", "intercept")
 
 
 def _correlations(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    if len(x) < 3:
-        return dict.fromkeys(["pearson_r", "pearson_p", "spearman_rho", "spearman_p"], np.nan)
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:  # scipy would warn and give NaN
+        return dict.fromkeys(CORRELATION_COLUMNS, np.nan)
     pearson, spearman = scipy.stats.pearsonr(x, y), scipy.stats.spearmanr(x, y)
+    fit = scipy.stats.linregress(x, y)
     return {"pearson_r": pearson.statistic, "pearson_p": pearson.pvalue,
-            "spearman_rho": spearman.statistic, "spearman_p": spearman.pvalue}
+            "spearman_rho": spearman.statistic, "spearman_p": spearman.pvalue,
+            "r_squared": pearson.statistic ** 2, "slope": fit.slope, "intercept": fit.intercept}
+
+
+def epsilon_selection(correlation: pd.DataFrame,
+                      family: str = HE2025_EPS_RANK) -> pd.DataFrame:
+    """He et al.'s way to pick ε: among the `family` + ε metrics of `spectral_correlation`
+    (pooled, one row per metric), the ε whose ε-rank best fits the ratio linearly (highest R²).
+
+    One row per ε found, in increasing ε: eps, metric, the correlation's columns, and `chosen`
+    (True on exactly one row, the first of the best R²; on none when no R² is defined).
+    """
+    rows = correlation[correlation["metric"].str.startswith(family)].copy()
+    rows.insert(0, "eps", pd.to_numeric(rows["metric"].str.removeprefix(family),
+                                        errors="coerce"))
+    rows = rows.dropna(subset=["eps"]).sort_values("eps", ignore_index=True)
+    rows["chosen"] = False
+    if rows["r_squared"].notna().any():
+        rows.loc[rows["r_squared"].idxmax(), "chosen"] = True
+    return rows
+
+
+def first_task_ratios(ratios: pd.DataFrame, by: Sequence[str] = GROUP_KEYS,
+                      value: str = "plasticity_ratio") -> pd.DataFrame:
+    """Per group: the ratio on task position 0 (IQM and mean over runs, n_runs). Before any
+    switch there is no plasticity to lose, so a low ratio there is the settings' own cost."""
+    first = ratios[ratios["task_index"] == 0].dropna(subset=[value])
+    per_run = first.groupby([*by, "run"], sort=True)[value].mean().reset_index()
+    rows = [{**dict(zip(by, keys)), "iqm": float(iqm(group[value].to_numpy())),
+             "mean": group[value].mean(), "n_runs": len(group)}
+            for keys, group in per_run.groupby(list(by), sort=True)]
+    return pd.DataFrame(rows, columns=[*by, "iqm", "mean", "n_runs"])

@@ -31,8 +31,8 @@ RUN_ENDS = ("finished", "interrupted", "failed")  # what training leaves in stat
 
 EPILOG = """\
 BENCH is a benchmark YAML file, or the name of one in configs/benchmarks/:
-  pliable bench configs/benchmarks/minigrid_plasticity.yaml
-  pliable bench minigrid_plasticity --address auto        # on the Ray cluster of this node
+  pliable bench configs/benchmarks/plasticity_loss.yaml
+  pliable bench plasticity_loss --address auto            # on the Ray cluster of this node
 Every run is written to OUT/<bench>/<strategy set>/<sequence>/s<seed>/ (its console output in
 stdout.log); re-running skips finished runs. Then: pliable report OUT/<bench>
 """

@@ -1,11 +1,11 @@
 """A benchmark grid: one base experiment x strategy sets x sequences x seeds, one run per cell.
 
-    name: minigrid_plasticity          # default: the file's stem
+    name: my_study                     # default: the file's stem
     base: minigrid_ppo.yaml            # an experiment config (a path, or a name in configs/)
     seeds: [1, 2, 3]
     strategies:                        # named sets of plasticity strategies
       - {name: none}
-      - {name: er_l2, plasticity: {effective_rank: {}, l2: {}}}
+      - {name: er_l2, plasticity: {er_l2: {}}}
     sequences:                         # optional: named settings of `sequence.*`
       short: {switch_every: 50000}
     overrides: [ppo.ent_coef=0.02]     # dotted overrides of the base config, for every cell

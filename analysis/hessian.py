@@ -451,8 +451,12 @@ def operator_trace(operator: SymmetricOperator, num_probes: int = 100, seed: int
 
 
 def stochastic_lanczos_quadrature(
-    operator: SymmetricOperator, num_probes: int, num_steps: int, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
+    operator: SymmetricOperator,
+    num_probes: int,
+    num_steps: int,
+    seed: int = 0,
+    return_sizes: bool = False,
+) -> tuple[np.ndarray, ...]:
     """Spectral density of a symmetric operator as nodes and weights (Ubaru, Chen & Saad 2017).
 
     For each of ``num_probes`` normalised Rademacher probes ``v``, ``num_steps`` Lanczos steps
@@ -460,6 +464,11 @@ def stochastic_lanczos_quadrature(
     divided by ``num_probes``) is the Gauss quadrature of the probe's spectral measure. So
     ``sum_j w_j f(theta_j)`` estimates ``tr f(A) / dim``; the weights sum to 1 and the first
     moment ``sum_j w_j theta_j`` equals Hutchinson's trace estimate over ``dim`` on the same probes.
+
+    The probes' nodes come concatenated, probe after probe, each probe's weights summing to
+    ``1 / num_probes``. A probe yields ``num_steps`` nodes (at most ``dim``) unless its Krylov
+    space is exhausted sooner, when it yields fewer; ``return_sizes`` also returns each probe's
+    node count (a list), what `he2025_density` needs to tell the probes apart.
     """
     generator = _generator(seed, operator.device)
     nodes, weights = [], []
@@ -468,6 +477,8 @@ def stochastic_lanczos_quadrature(
         ritz_values, ritz_vectors = _ritz(alphas, betas)
         nodes.append(ritz_values)
         weights.append(ritz_vectors[0] ** 2 / num_probes)
+    if return_sizes:
+        return np.concatenate(nodes), np.concatenate(weights), [len(n) for n in nodes]
     return np.concatenate(nodes), np.concatenate(weights)
 
 
@@ -478,8 +489,10 @@ def spectral_density(
     num_steps: int = 80,
     seed: int = 0,
     dtype: torch.dtype | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Hessian eigenvalue density by stochastic Lanczos quadrature: ``(nodes, weights)``.
+    return_sizes: bool = False,
+) -> tuple[np.ndarray, ...]:
+    """Hessian eigenvalue density by stochastic Lanczos quadrature: ``(nodes, weights)``, with
+    ``return_sizes`` also each probe's node count (see `stochastic_lanczos_quadrature`).
 
     ``nodes`` are Ritz values, ``weights`` their quadrature weights (squared first components of
     the Ritz vectors over ``num_probes``), summing to 1. A node of weight ``w`` stands for about
@@ -487,46 +500,202 @@ def spectral_density(
     Smooth for plotting with `gaussian_density`; summarise with the metrics below.
     """
     operator = HessianOperator(loss_fn, params, dtype)
-    return stochastic_lanczos_quadrature(operator, num_probes, num_steps, seed)
+    return stochastic_lanczos_quadrature(operator, num_probes, num_steps, seed, return_sizes)
 
 
-def _density_sigma(nodes: np.ndarray) -> float:
-    """1% of the nodes' span; a span of 0 (one node) falls back to 0.1% of their magnitude."""
+DENSITY_KERNELS = ("relative", "he2025")  # the smoothing rules of `density_grid`
+# He et al. 2025 (arXiv 2509.22335; code: github.com/KevinGuo27/lop-jax)
+HE2025_GRID_POINTS = 10_000  # their tridiag_to_density(grid_len=10000, ...)
+HE2025_VARIANCE = 1e-5  # their `sigma_squared`: a variance, scaled by max(1, grid span)
+HE2025_GRID_EXPAND = 1e-2  # the grid reaches this far beyond the (mean) extreme nodes
+_KERNEL_BLOCK = 1 << 22  # grid points x nodes per block of the kernel product (32 MiB)
+
+
+def _check_kernel(kernel: str) -> None:
+    if kernel not in DENSITY_KERNELS:
+        raise ValueError(f"kernel must be one of {', '.join(DENSITY_KERNELS)}, got {kernel!r}")
+
+
+def _density_sigma(nodes: np.ndarray, kernel: str = "relative") -> float:
+    """The kernel's standard deviation. ``relative``: 1% of the nodes' span, a span of 0 (one
+    node) falling back to 0.1% of their magnitude. ``he2025``: the square root of He et al.'s
+    variance ``1e-5 max(1, span + 0.02)`` (see `he2025_density`)."""
+    _check_kernel(kernel)
     span = float(nodes.max() - nodes.min())
+    if kernel == "he2025":
+        return float(np.sqrt(HE2025_VARIANCE * max(1.0, span + 2 * HE2025_GRID_EXPAND)))
     return 0.01 * span if span > 0 else 1e-3 * max(1.0, float(abs(nodes).max()))
 
 
 def density_grid(
-    nodes: np.ndarray, num_points: int = 1001, sigma: float | None = None
+    nodes: np.ndarray,
+    num_points: int | None = None,
+    sigma: float | None = None,
+    kernel: str = "relative",
 ) -> tuple[np.ndarray, float]:
-    """The grid (and kernel width) `gaussian_density` uses by default: ``num_points`` points
-    spanning the nodes plus ``3 sigma`` each side, ``sigma`` defaulting to 1% of their span.
+    """The grid (and kernel width) `gaussian_density` uses by default.
+
+    ``kernel="relative"`` (ours): ``num_points`` (default 1001) points spanning the nodes plus
+    ``3 sigma`` each side, ``sigma`` defaulting to 1% of their span. ``kernel="he2025"`` (the
+    seed paper's plotting rule): ``num_points`` (default 10,000) points over
+    ``[min - 0.01, max + 0.01]`` and ``sigma`` the square root of their variance
+    ``1e-5 max(1, grid span)``; the extremes are those of all the nodes given (their code takes
+    the mean of each probe's, `he2025_density`), so that no node falls off a plot.
 
     Pass the pooled nodes of several spectra to draw them on one grid with one ``sigma``.
     """
-    sigma = _density_sigma(nodes) if sigma is None else sigma
-    return np.linspace(nodes.min() - 3 * sigma, nodes.max() + 3 * sigma, num_points), sigma
+    _check_kernel(kernel)
+    sigma = _density_sigma(nodes, kernel) if sigma is None else sigma
+    if kernel == "he2025":
+        num_points = num_points or HE2025_GRID_POINTS
+        low, high = nodes.min() - HE2025_GRID_EXPAND, nodes.max() + HE2025_GRID_EXPAND
+    else:
+        num_points = num_points or 1001
+        low, high = nodes.min() - 3 * sigma, nodes.max() + 3 * sigma
+    return np.linspace(low, high, num_points), sigma
 
 
 def gaussian_density(
     nodes: np.ndarray,
     weights: np.ndarray,
     grid: np.ndarray | None = None,
-    num_points: int = 1001,
+    num_points: int | None = None,
     sigma: float | None = None,
+    kernel: str = "relative",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Broaden quadrature nodes into a smooth density ``sum_j w_j N(t; node_j, sigma^2)``.
 
-    ``sigma`` and ``grid`` default to `density_grid`'s (``num_points`` points). Returns
-    ``(grid, density)``; the density integrates to ``sum(weights)`` (1 for `spectral_density`)
-    when the grid covers it.
+    ``sigma`` and ``grid`` default to `density_grid`'s for ``kernel`` (``num_points`` points).
+    Returns ``(grid, density)``; the density integrates to ``sum(weights)`` (1 for
+    `spectral_density`) when the grid covers it.
     """
     if grid is None:
-        grid, sigma = density_grid(nodes, num_points, sigma)
+        grid, sigma = density_grid(nodes, num_points, sigma, kernel)
     elif sigma is None:
-        sigma = _density_sigma(nodes)
-    kernel = np.exp(-0.5 * ((grid[:, None] - nodes[None, :]) / sigma) ** 2)
-    return grid, kernel @ weights / (sigma * np.sqrt(2 * np.pi))
+        sigma = _density_sigma(nodes, kernel)
+    return grid, _kernel_sum(grid, nodes, weights, sigma**2)
+
+
+def _kernel_sum(grid: np.ndarray, nodes: np.ndarray, weights: np.ndarray,
+                variance: float) -> np.ndarray:
+    """``sum_j w_j N(grid_i; node_j, variance)`` for every grid point: one (grid x nodes)
+    kernel product, in blocks of at most ``_KERNEL_BLOCK`` entries."""
+    grid, nodes = np.asarray(grid, dtype=np.float64), np.asarray(nodes, dtype=np.float64)
+    weights = np.asarray(weights, dtype=np.float64)
+    out = np.empty(len(grid))
+    rows = max(1, _KERNEL_BLOCK // max(1, len(nodes)))
+    for start in range(0, len(grid), rows):
+        gap = grid[start:start + rows, None] - nodes[None, :]
+        out[start:start + rows] = np.exp(gap**2 / (-2.0 * variance)) @ weights
+    return out / np.sqrt(2 * np.pi * variance)
+
+
+# --------------------------------------------------------------------------------------------
+# The seed paper's density and ε-rank (He et al. 2025, arXiv 2509.22335; code: lop-jax)
+# --------------------------------------------------------------------------------------------
+
+def _draw_blocks(nodes: np.ndarray, weights: np.ndarray, num_draws: int,
+                 draw_sizes) -> list[slice]:
+    """The slices of ``nodes`` that belong to each Lanczos draw (probe)."""
+    if draw_sizes is not None:
+        sizes = [int(size) for size in draw_sizes]
+        if num_draws not in (1, len(sizes)):
+            raise ValueError(f"num_draws ({num_draws}) disagrees with the {len(sizes)} "
+                             "draw_sizes given")
+        if min(sizes, default=0) < 1 or sum(sizes) != len(nodes):
+            raise ValueError(f"draw_sizes {sizes} must be positive and sum to the "
+                             f"{len(nodes)} nodes")
+    else:
+        if num_draws < 1 or len(nodes) % num_draws:
+            raise ValueError(f"{len(nodes)} nodes do not split into {num_draws} draws of one "
+                             "length: pass draw_sizes (stochastic_lanczos_quadrature's "
+                             "return_sizes=True), as a probe whose Krylov space ran out "
+                             "yields fewer nodes")
+        sizes = [len(nodes) // num_draws] * num_draws
+    bounds = np.cumsum([0, *sizes])
+    blocks = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    if draw_sizes is None and num_draws > 1:  # each SLQ probe's weights sum to 1 / num_draws
+        totals = np.array([weights[block].sum() for block in blocks])
+        if not np.allclose(totals, totals.mean(), rtol=1e-6, atol=0.0):
+            raise ValueError(f"splitting the nodes into {num_draws} equal blocks gives draws "
+                             f"of unequal weight ({totals.min():.6g} to {totals.max():.6g}): "
+                             "the draws differ in length, pass draw_sizes")
+    return blocks
+
+
+def he2025_density(
+    nodes: np.ndarray,
+    weights: np.ndarray,
+    num_draws: int = 1,
+    draw_sizes=None,
+    num_points: int = HE2025_GRID_POINTS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The smoothed Hessian density exactly as He et al. 2025 compute it: ``(grid, density)``.
+
+    Their rule (lop-jax ``rlopt/utils/density.py``, ``eigv_to_density``), applied to SLQ output
+    (`stochastic_lanczos_quadrature`: the draws' nodes concatenated, probe after probe):
+
+    - grid: ``num_points`` (10,000) points from the mean over draws of each draw's smallest node
+      minus 0.01 to the mean of each draw's largest node plus 0.01;
+    - kernel: a Gaussian whose *variance* (their argument is called sigma) is
+      ``1e-5 max(1, grid[-1] - grid[0])``;
+    - density: the weighted kernel sum averaged over draws, normalised so that
+      ``sum(density) * (grid[1] - grid[0]) = 1``.
+
+    ``num_draws`` splits the nodes into that many blocks of one length; when the draws differ
+    in length (a probe whose Krylov space ran out yields fewer Ritz values), pass their lengths
+    as ``draw_sizes`` instead (``return_sizes=True``). Each draw's weights enter as given: SLQ's
+    sum to ``1 / num_draws`` per draw, so their sum over draws is the paper's mean over draws
+    (any common scale cancels in the normalisation). With ``num_draws=1`` and weights ``1/n``,
+    ``nodes`` may be exact eigenvalues. One (grid x nodes) kernel product, in blocks.
+
+    Properties of their rule, kept: the grid ends 0.01 beyond the (mean) extremes, so once it
+    spans more than 10 the kernel's standard deviation exceeds that margin and the extreme
+    nodes lose part of their mass off the grid, which the normalisation hands to the rest
+    (nodes at -5, 0, 5 with weights 1/4, 1/2, 1/4 leave the outer ones 45.7%, not 50%); and
+    the grid's step (span / 9,999) outgrows the kernel's width once the span passes 1,000.
+    """
+    nodes = np.asarray(nodes, dtype=np.float64).reshape(-1)
+    weights = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if nodes.shape != weights.shape or not nodes.size:
+        raise ValueError(f"nodes and weights must be two non-empty arrays of one length, got "
+                         f"{nodes.shape} and {weights.shape}")
+    blocks = _draw_blocks(nodes, weights, num_draws, draw_sizes)
+    low = float(np.mean([nodes[block].min() for block in blocks])) - HE2025_GRID_EXPAND
+    high = float(np.mean([nodes[block].max() for block in blocks])) + HE2025_GRID_EXPAND
+    grid = np.linspace(low, high, num_points)
+    density = _kernel_sum(grid, nodes, weights, HE2025_VARIANCE * max(1.0, high - low))
+    return grid, density / (density.sum() * (grid[1] - grid[0]))
+
+
+def eps_rank_of_density(grid: np.ndarray, density: np.ndarray, eps: float) -> float:
+    """He et al.'s ε-rank of a density on a grid, in percent (see `eps_rank_he2025`)."""
+    grid, density = np.asarray(grid, dtype=np.float64), np.asarray(density, dtype=np.float64)
+    outside = np.abs(grid) > eps
+    return float(100.0 * np.trapezoid(density[outside], grid[outside])
+                 / np.trapezoid(density, grid))
+
+
+def eps_rank_he2025(
+    nodes: np.ndarray,
+    weights: np.ndarray,
+    eps: float,
+    num_draws: int = 1,
+    draw_sizes=None,
+) -> float:
+    """He et al. 2025's ε-rank, in percent: the share of `he2025_density` outside [-ε, ε].
+
+    ``100 * trapz(density[|grid| > eps], grid[|grid| > eps]) / trapz(density, grid)``, ε
+    absolute and two-sided, as their ``calculate_epsilon_hessian_rank``
+    (lop-jax ``analysis/plot_epsilon_rank.py``). Like theirs, the masked trapezoid rule also
+    integrates the one trapezoid that bridges the gap, from the last grid point below -ε to the
+    first above +ε, whenever grid points lie on both sides of it; ours does exactly the same, to
+    be the paper's number. So a unit mass at 0 scores about ``200 x phi(x)`` percent, with
+    ``x = eps / s``, ``s`` the kernel's standard deviation and ``phi`` the normal density
+    (2.7% at x = 3), rather than 0. Other arguments as in `he2025_density`.
+    """
+    grid, density = he2025_density(nodes, weights, num_draws, draw_sizes)
+    return eps_rank_of_density(grid, density, eps)
 
 
 # --------------------------------------------------------------------------------------------
@@ -583,10 +752,11 @@ def tau_trainability(
 ) -> float:
     """Share of Hessian density with curvature above ``tau``; near 0 signals spectral collapse.
 
-    Operational version of He et al. 2025's tau-trainability ("Spectral Collapse Drives Loss of
-    Plasticity"): gradient descent can make progress only along directions whose curvature is
-    above a threshold, and plasticity loss shows as those directions vanishing at a new task's
-    start. We measure the fraction of the spectral density (from `spectral_density`) with
+    Our own operationalisation of the idea behind He et al. 2025's tau-trainability ("Spectral
+    Collapse Drives Loss of Plasticity"; their code has no such function, their measurement is
+    `eps_rank_he2025`): gradient descent can make progress only along directions whose curvature
+    is above a threshold, and plasticity loss shows as those directions vanishing at a new
+    task's start. We measure the fraction of the spectral density (from `spectral_density`) with
     eigenvalue ``> tau * lambda_max`` when ``relative`` (scale-free, comparable across tasks and
     loss scales), else ``> tau`` in absolute units. ``lambda_max`` defaults to the largest node;
     pass the top eigenvalue from `top_eigenvalues` for a sharper one. Multiply by the parameter

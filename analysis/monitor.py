@@ -4,7 +4,10 @@ feature-level plasticity metrics during training, in TensorBoard, `.npz` files a
 When (boundary `b` = the start of schedule segment `b`; the last boundary is the end of the run):
 - `post` at `on_task_start`: a fresh batch of the new task, collected before any update on it by
   `agent.probe_batch` on envs the monitor builds (and closes) itself;
-- `pre` at `on_task_end`: the agent's last training batch of the old task (`agent.last_batch`);
+- `pre` at `on_task_end` (before the env swap, so the old task): with `monitor.pre_batch=fresh`
+  (the default, as He et al.) a fresh batch of the old task collected the same way with the
+  current parameters, so PPO's ratio is 1; with `last` the agent's last training batch of the
+  old task (`agent.last_batch`: stale log-probabilities, PPO's clipping active);
 - with `monitor.every_steps`, also on the latest training batch every N env steps (`periodic`);
 - `plasticity/*` feature metrics on the latest training batch every `monitor.metrics_every`
   gradient updates.
@@ -69,12 +72,12 @@ class SpectralMonitor(Listener):
             self._report(trainer, segment.start, label, measured)
 
     def on_task_end(self, trainer, segment) -> None:
-        batch = trainer.agent.last_batch
-        if batch is None:
-            return  # no training batch on this task (a DQN still filling its buffer)
         with self._observing(trainer):
             boundary = segment.index + 1
             seed = self.seed_for(boundary, "pre")
+            batch = self.pre_batch(trainer, segment, seed)
+            if batch is None:
+                return  # `last`, and no training batch on this task (a DQN filling its buffer)
             pre = self._measure(trainer, batch, seed, f"switch_{boundary:03d}_pre", "pre",
                                 segment.end, segment.task.name)
             if segment.index == len(trainer.sequence) - 1:
@@ -149,9 +152,20 @@ class SpectralMonitor(Listener):
         index = torch.randperm(len(batch), generator=generator)[: self.settings.batch_size]
         return batch.index(index.to(batch.obs.device))
 
+    def pre_batch(self, trainer, segment, seed: int):
+        """What `pre` measures at the end of `segment` (`monitor.pre_batch`): `fresh`, a fresh
+        batch of its task (`fresh_batch`: the current parameters' own rollout, so PPO's ratio is
+        1 and its clipping inactive; DQN's TD loss on fresh ε-greedy transitions against the
+        current target network); `last`, the agent's last training batch (PPO's log-probs from
+        before its last update, DQN's last minibatch), None when it has none."""
+        if self.settings.pre_batch == "fresh":
+            return self.fresh_batch(trainer, segment, seed)
+        return trainer.agent.last_batch
+
     def fresh_batch(self, trainer, segment, seed: int):
-        """A batch of the new task from probe envs of the monitor's own (training envs and their
-        RNG untouched), with the current policy."""
+        """A batch of `segment`'s task (the new one for `post`, the old one for a fresh `pre`)
+        from probe envs of the monitor's own, reset with `seed` (training envs and their RNG
+        untouched), with the current policy: `ceil(batch_size / num_envs)` steps per env."""
         num_envs = trainer.cfg.env.num_envs
         envs = trainer.env_factory.make_vector(segment.task, num_envs)
         try:
@@ -174,4 +188,5 @@ class SpectralMonitor(Listener):
         print(summary_line(step, label, measured), file=trainer.logger.stream, flush=True)
         if figure:
             trainer.logger.writer.add_figure(
-                "spectrum/density_plot", density_figure(f"step {step:,}: {label}", measured), step)
+                "spectrum/density_plot", density_figure(f"step {step:,}: {label}", measured,
+                                                        self.settings.density_kernel), step)

@@ -28,8 +28,10 @@ from analysis.hessian import (
     GGNOperator,
     HessianOperator,
     density_mass_above,
+    eps_rank_of_density,
     epsilon_rank,
     grad_or_zeros,
+    he2025_density,
     lanczos_top_and_trace,
     negative_curvature_fraction,
     operator_top_eigenvalues,
@@ -133,8 +135,8 @@ def measure_spectrum(agent, batch, settings, seed: int) -> Measurement:
         top = operator_top_eigenvalues(operator, settings.top_k, "eigsh", tol=settings.eigsh_tol,
                                        seed=seed)
         trace = operator_trace(operator, settings.trace_probes, seed + 2)
-    nodes, weights = stochastic_lanczos_quadrature(
-        operator, settings.density_probes, settings.density_steps, seed + 1)
+    nodes, weights, sizes = stochastic_lanczos_quadrature(
+        operator, settings.density_probes, settings.density_steps, seed + 1, return_sizes=True)
     lambda_max = float(top[0])
     scalars = {
         "loss": float(operator.loss),
@@ -142,13 +144,20 @@ def measure_spectrum(agent, batch, settings, seed: int) -> Measurement:
         "lambda_k": float(top[-1]),
         "lambda_min": float(nodes.min()),
         "trace": trace,
-        "eps_rank": eps_rank(top, nodes, weights, settings.eps, operator.dim),
+        "eps_rank_rel": eps_rank_rel(top, nodes, weights, settings.eps, operator.dim),
         "effective_rank": spectral_effective_rank(top),
         "negative_fraction": negative_curvature_fraction(nodes, weights),
         "tau_trainability": tau_trainability(nodes, weights, settings.tau, lambda_max=lambda_max),
     }
+    # The seed paper's ε-rank (percent outside [-ε, ε] of their smoothed density), per ε.
+    grid, density = he2025_density(nodes, weights, draw_sizes=sizes)
+    he2025 = [eps_rank_of_density(grid, density, eps) for eps in settings.he2025_eps]
+    scalars.update({he2025_eps_name(eps): value
+                    for eps, value in zip(settings.he2025_eps, he2025, strict=True)})
     arrays = {"eigenvalues": top, "density_nodes": nodes, "density_weights": weights,
-              "num_params": np.array(operator.dim)}
+              "density_draw_sizes": np.array(sizes), "density_kernel": np.array(
+                  settings.density_kernel), "he2025_eps": np.array(list(settings.he2025_eps)),
+              "eps_rank_he2025": np.array(he2025), "num_params": np.array(operator.dim)}
     del operator  # frees the gradient graph before the extras build theirs
     if settings.ggn:
         ggn = GGNOperator(heads_output_fn(agent.network, batch.obs),
@@ -161,10 +170,17 @@ def measure_spectrum(agent, batch, settings, seed: int) -> Measurement:
     return Measurement(scalars, arrays, time.perf_counter() - start)
 
 
-def eps_rank(top: np.ndarray, nodes: np.ndarray, weights: np.ndarray, eps: float,
-             dim: int) -> float:
-    """#{i: λ_i > eps·λmax}: counted exactly among the top-k when λ_k is below the threshold,
-    else estimated from the SLQ density as dim × its mass above it (never below k)."""
+def he2025_eps_name(eps: float) -> str:
+    """The scalar's name for He et al.'s ε-rank at ``eps``: `eps_rank_he2025/0.01`, ..."""
+    return f"eps_rank_he2025/{eps:g}"
+
+
+def eps_rank_rel(top: np.ndarray, nodes: np.ndarray, weights: np.ndarray, eps: float,
+                 dim: int) -> float:
+    """Our relative ε-rank, a count: #{i: λ_i > eps·λmax}, counted exactly among the top-k when
+    λ_k is below the threshold, else estimated from the SLQ density as dim × its mass above it
+    (never below k). One-sided (negative curvature never counts) and relative to λmax, unlike
+    the seed paper's `analysis.hessian.eps_rank_he2025` (a percentage outside [-ε, ε])."""
     count = epsilon_rank(top, eps)
     if count < len(top):
         return float(count)

@@ -11,8 +11,9 @@ from analysis.hessian import density_grid, gaussian_density
 from analysis.monitor_metrics import Measurement
 
 # What the console summary shows: (label, scalar name, format).
-SUMMARY = (("λmax", "lambda_max", ".3g"), ("trace", "trace", ".3g"), ("ε-rank", "eps_rank", ".0f"),
-           ("eff-rank", "effective_rank", ".3g"), ("τ-train", "tau_trainability", ".2g"))
+SUMMARY = (("λmax", "lambda_max", ".3g"), ("trace", "trace", ".3g"),
+           ("ε-rank(rel)", "eps_rank_rel", ".0f"), ("eff-rank", "effective_rank", ".3g"),
+           ("τ-train", "tau_trainability", ".2g"))
 HISTOGRAMS = {"eigenvalues": "top_eigenvalues", "ggn_eigenvalues": "ggn_top_eigenvalues",
               "kfac_eigenvalues": "kfac_top_eigenvalues"}
 DENSITY_BINS = 64
@@ -49,9 +50,10 @@ def _log_density_histogram(writer, tag: str, measurement: Measurement, step: int
         bucket_limits=edges[1:].tolist(), bucket_counts=bucket_counts.tolist(), global_step=step)
 
 
-def density_figure(title: str, measurements: dict[str, Measurement]):
-    """Left: the smoothed SLQ densities (log scale); right: top-k of the Hessian, Gauss-Newton
-    and KFAC, one colour per phase."""
+def density_figure(title: str, measurements: dict[str, Measurement], kernel: str = "relative"):
+    """Left: the smoothed SLQ densities (log scale), smoothed by `density_grid`'s ``kernel``
+    (`monitor.density_kernel`: ours, or He et al.'s on 10,000 points); right: top-k of the
+    Hessian, Gauss-Newton and KFAC, one colour per phase."""
     from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend
 
     figure = Figure(figsize=(10, 3.6), dpi=80)
@@ -59,7 +61,7 @@ def density_figure(title: str, measurements: dict[str, Measurement]):
     density_axes, top_axes = figure.subplots(1, 2, gridspec_kw=dict(
         left=0.08, right=0.98, bottom=0.14, top=0.86, wspace=0.25))
     nodes = np.concatenate([m.arrays["density_nodes"] for m in measurements.values()])
-    grid, sigma = density_grid(nodes, 1001)  # one grid and width for both phases
+    grid, sigma = density_grid(nodes, kernel=kernel)  # one grid and width for both phases
     peak = 0.0
     for (phase, m), colour in zip(measurements.items(), ("tab:blue", "tab:orange"), strict=False):
         _, density = gaussian_density(m.arrays["density_nodes"], m.arrays["density_weights"],
@@ -72,7 +74,8 @@ def density_figure(title: str, measurements: dict[str, Measurement]):
                 label = f"{phase} {key.removesuffix('eigenvalues').rstrip('_') or 'hessian'}"
                 top_axes.plot(np.arange(1, len(m.arrays[key]) + 1), m.arrays[key], style,
                               color=colour, markersize=3, label=label)
-    density_axes.set(yscale="log", xlabel="eigenvalue", ylabel="density (SLQ, smoothed)",
+    density_axes.set(yscale="log", xlabel="eigenvalue",
+                     ylabel=f"density (SLQ, {kernel} kernel)",
                      ylim=(1e-6 * peak, 2 * peak))
     top_axes.set(yscale="log", xlabel="index", ylabel="eigenvalue (log: positive ones)",
                  title="top-k")

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from agents.checkpoint import load_checkpoint
-from agents.config import ConfigError, load_config
+from agents.config import ConfigError, load_config, preset_overrides
 from agents.loop import Trainer
 from analysis.monitor import SpectralMonitor
 from analysis.monitor_metrics import measure_spectrum
@@ -54,7 +54,8 @@ def main(argv: list[str]) -> int:
     if not checkpoint.is_file():
         raise ConfigError(f"checkpoint not found: {checkpoint}")
     run_dir = run_dir_of(checkpoint)
-    cfg = load_config(run_dir / "config.yaml", args.overrides)
+    # The run's config.yaml is resolved: a preset asked for here must beat its values.
+    cfg = load_config(run_dir / "config.yaml", preset_overrides(args.overrides))
     state = load_checkpoint(checkpoint, cfg.device)
     trainer = Trainer(cfg)
     monitor = SpectralMonitor.for_trainer(trainer)

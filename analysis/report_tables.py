@@ -12,7 +12,11 @@ import pandas as pd
 
 from analysis.aggregate import GROUP_KEYS, SEGMENT_KEYS
 
-SPECTRAL_METRICS = ("eps_rank", "effective_rank", "lambda_max", "trace")
+# shown in the report's spectral tables when logged ("eps_rank": its name in older logs)
+SPECTRAL_METRICS = ("eps_rank_rel", "eps_rank", "tau_trainability", "effective_rank",
+                    "lambda_max", "trace")
+FIT_LABELS = {"n": "n", "r_squared": "R²", "pearson_r": "Pearson r", "pearson_p": "p",
+              "slope": "slope", "intercept": "intercept"}
 LABELS = {"agent": "agent", "sequence": "sequence", "strategy_set": "strategy set"}
 
 
@@ -79,12 +83,14 @@ def per_task_table(stats: dict[str, pd.DataFrame]) -> pd.DataFrame:
                                  "return_ratio": "ratio (mean return)"})
 
 
-def spectral_tables(stats: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(mean of each spectral number per set and switch, its correlation with the ratio)."""
+def spectral_tables(stats: dict[str, pd.DataFrame], extra: tuple[str, ...] = ()
+                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(mean of each spectral number per set and switch, its correlation with the ratio), for
+    the `SPECTRAL_METRICS` and the `extra` ones logged (all, when none of them is)."""
     spectra = stats["switch_spectra"]
     if spectra.empty:
         return pd.DataFrame(), pd.DataFrame()
-    metrics = [m for m in SPECTRAL_METRICS if m in set(spectra["metric"])] or \
+    metrics = [m for m in (*SPECTRAL_METRICS, *extra) if m in set(spectra["metric"])] or \
         sorted(spectra["metric"].unique())
     spectra = spectra[spectra["metric"].isin(metrics)]
     values = spectra.pivot_table(index=[*GROUP_KEYS, "task_index"], columns=["measured", "metric"],
@@ -96,10 +102,29 @@ def spectral_tables(stats: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, pd.Da
     correlation = correlation[correlation["metric"].isin(metrics)]
     if not correlation.empty:
         correlation = correlation[["measured", "metric", "n", "pearson_r", "pearson_p",
-                                   "spearman_rho", "spearman_p"]].copy()
-        for column in ("pearson_r", "pearson_p", "spearman_rho", "spearman_p"):
+                                   "spearman_rho", "spearman_p", "r_squared"]].copy()
+        for column in ("pearson_r", "pearson_p", "spearman_rho", "spearman_p", "r_squared"):
             correlation[column] = correlation[column].map(number)
         correlation = correlation.rename(columns={"pearson_r": "Pearson r", "pearson_p": "p",
                                                   "spearman_rho": "Spearman ρ",
-                                                  "spearman_p": "p "})
+                                                  "spearman_p": "p ", "r_squared": "R²"})
     return values, correlation
+
+
+def epsilon_table(eps_table: pd.DataFrame) -> pd.DataFrame:
+    """He et al.'s ε-rank against the ratio, one row per ε, the chosen one marked."""
+    table = pd.DataFrame({"ε": eps_table["eps"].map(lambda eps: f"{eps:g}"),
+                          "chosen": eps_table["chosen"].map({True: "✓", False: ""})})
+    return pd.concat([table, _fit_columns(eps_table)], axis=1)
+
+
+def prediction_table(prediction: pd.DataFrame) -> pd.DataFrame:
+    """The fit of each predictor of the ratio, pooled ("all") and per strategy set."""
+    table = prediction[["metric", "strategy_set"]].rename(columns=LABELS)
+    return pd.concat([table, _fit_columns(prediction)], axis=1)
+
+
+def _fit_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    columns = {label: frame[column].map(number) for column, label in FIT_LABELS.items()}
+    columns["n"] = frame["n"].map(str)
+    return pd.DataFrame(columns, index=frame.index)

@@ -8,7 +8,9 @@ import scipy.stats
 from analysis.aggregate import (
     SEGMENT_KEYS,
     aggregate_with_ci,
+    epsilon_selection,
     final_performance,
+    first_task_ratios,
     forgetting,
     iqm,
     plasticity_ratio,
@@ -243,3 +245,75 @@ def test_the_pipeline_composes_from_the_tidy_table():
     correlation = spectral_correlation(table, l2)
     assert correlation.loc[0, "n"] == 6  # 2 runs x 3 switches
     assert correlation.loc[0, "spearman_rho"] < 0
+
+
+def r_squared_by_hand(x, y):
+    slope, intercept = np.polyfit(x, y, 1)
+    residual = np.asarray(y) - (slope * np.asarray(x) + intercept)
+    return 1 - (residual ** 2).sum() / ((np.asarray(y) - np.mean(y)) ** 2).sum()
+
+
+def test_epsilon_is_chosen_for_the_best_r_squared_without_the_first_task():
+    rng = np.random.default_rng(7)
+    grid = (0.01, 0.02, 0.04, 0.08, 0.1, 0.2, 0.5, 1)
+    rows, ratio_rows, xs, ys = [], [], [], []
+    for seed in range(4):
+        run = f"r{seed}"
+        ratios = [1.0] + list(rng.uniform(0.3, 1.0, size=5))
+        ratio_rows += [(run, "l2", seed, "AB"[k % 2], k, {"plasticity_ratio": ratios[k]})
+                       for k in range(6)]
+        for k in range(6):  # the monitor measures at step 0 too: position 0 must not count
+            linear = 20 + 50 * ratios[k] + rng.normal(0, 2) if k else 99.0
+            if k:
+                xs.append(linear)
+                ys.append(ratios[k])
+            for eps in grid:
+                value = linear if eps == 0.04 else rng.uniform(0, 100)
+                rows.append(tidy_rows([(100 * k, value)], run, "l2", seed,
+                                      metric=f"spectrum/post/eps_rank_he2025/{eps:g}"))
+    table = pd.concat(rows)
+    correlation = spectral_correlation(table, score_rows(ratio_rows), skip_positions=(0,))
+
+    selection = epsilon_selection(correlation)
+
+    assert selection["eps"].tolist() == list(grid)
+    chosen = selection[selection["chosen"]]
+    assert chosen["eps"].tolist() == [0.04]
+    row = chosen.iloc[0]
+    assert row["n"] == 20  # 4 runs x 5 switches after the first task
+    assert row["r_squared"] == pytest.approx(r_squared_by_hand(xs, ys))
+    assert row["r_squared"] == pytest.approx(scipy.stats.linregress(xs, ys).rvalue ** 2)
+    assert row["pearson_p"] == pytest.approx(scipy.stats.pearsonr(xs, ys).pvalue)
+    assert (row["slope"], row["intercept"]) == pytest.approx(tuple(np.polyfit(xs, ys, 1)))
+    assert (selection.loc[~selection["chosen"], "r_squared"] < row["r_squared"] - 0.3).all()
+    with_first = epsilon_selection(spectral_correlation(table, score_rows(ratio_rows)))
+    assert with_first.set_index("eps").loc[0.04, "n"] == 24
+    assert with_first.set_index("eps").loc[0.04, "r_squared"] < row["r_squared"] - 0.1
+
+
+def test_epsilon_selection_without_a_defined_fit_chooses_nothing():
+    table = pd.concat([tidy_rows([(100 * k, 5.0)], metric="spectrum/post/eps_rank_he2025/0.1")
+                       for k in (1, 2, 3)])  # constant: no line to fit
+    ratios = score_rows([("r1", "l2", 1, "A", k, {"plasticity_ratio": 0.1 * k})
+                         for k in range(4)])
+
+    selection = epsilon_selection(spectral_correlation(table, ratios))
+
+    assert selection["eps"].tolist() == [0.1] and not selection["chosen"].any()
+    assert np.isnan(selection.loc[0, "r_squared"])
+    empty = epsilon_selection(spectral_correlation(tidy_rows(
+        [(100, 1.0)], metric="spectrum/post/lambda_max"), ratios))
+    assert empty.empty
+
+
+def test_first_task_ratios_are_the_iqm_over_runs_of_position_zero():
+    ratios = score_rows(
+        [(f"r{i}", "slow", i, "A", 0, {"plasticity_ratio": value})
+         for i, value in enumerate([0.1, 0.5, 0.6, 0.7, 2.0])]
+        + [("r0", "slow", 0, "B", 1, {"plasticity_ratio": 9.0})])
+
+    first = first_task_ratios(ratios).iloc[0]
+
+    assert first["strategy_set"] == "slow" and first["n_runs"] == 5
+    assert first["iqm"] == pytest.approx(scipy.stats.trim_mean([0.1, 0.5, 0.6, 0.7, 2.0], 0.25))
+    assert first["mean"] == pytest.approx(0.78)

@@ -87,7 +87,7 @@ def test_each_shipped_benchmark_expands_and_names_real_strategies_and_envs(path,
 
 def test_the_shipped_benchmarks_are_the_documented_ones():
     assert {p.stem for p in BENCH_DIR.glob("*.yaml")} == {
-        "tiny", "minigrid_plasticity", "atari_plasticity"}
+        "tiny", "plasticity_loss", "atari_plasticity"}
     assert len(load_bench("tiny").cells) == 4  # none and the reference, two seeds
 
 

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import scipy.stats
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -12,10 +13,12 @@ from analysis.hessian import (
     SymmetricOperator,
     density_grid,
     density_mass_above,
+    eps_rank_he2025,
     epsilon_rank,
     flatten_params,
     gaussian_density,
     ggn_top_eigenvalues,
+    he2025_density,
     hessian_trace,
     lanczos_top_and_trace,
     negative_curvature_fraction,
@@ -222,6 +225,154 @@ def test_density_grid_spans_three_sigma_beyond_the_nodes():
     # One node: no span, so the width falls back to 0.1% of its magnitude (at least 1e-3).
     assert density_grid(np.array([50.0, 50.0]), 5)[1] == pytest.approx(0.05)
     assert density_grid(np.array([0.0]), 5)[1] == pytest.approx(1e-3)
+
+
+def he2025_reference(draws, eps_values, grid_len=10_000):
+    """He et al.'s density and ε-rank (lop-jax eigv_to_density, calculate_epsilon_hessian_rank)
+    written out plainly: ``draws`` is a list of (nodes, weights) per Lanczos draw, each draw's
+    weights normalised to 1 as theirs are. Returns (grid, density, ε-ranks in percent)."""
+    low = np.mean([nodes.min() for nodes, _ in draws]) - 0.01
+    high = np.mean([nodes.max() for nodes, _ in draws]) + 0.01
+    grid = np.linspace(low, high, grid_len)
+    variance = 1e-5 * max(1.0, high - low)  # passed as `sigma`, used as the variance
+    per_draw = np.zeros((len(draws), grid_len))
+    for i, (nodes, weights) in enumerate(draws):
+        weights = weights / weights.sum()
+        for j, x in enumerate(grid):
+            kernel = np.exp(-((x - nodes) ** 2) / (2 * variance)) / np.sqrt(2 * np.pi * variance)
+            per_draw[i, j] = np.sum(kernel * weights)
+    density = per_draw.mean(axis=0)
+    density = density / (density.sum() * (grid[1] - grid[0]))
+
+    def trapezoid(y, x):  # over consecutive kept points: bridges a gap in x with one trapezoid
+        return sum((x[k + 1] - x[k]) * (y[k] + y[k + 1]) / 2 for k in range(len(x) - 1))
+
+    ranks = []
+    for eps in eps_values:
+        keep = [k for k in range(grid_len) if abs(grid[k]) > eps]
+        ranks.append(100 * trapezoid(density[keep], grid[keep]) / trapezoid(density, grid))
+    return grid, density, ranks
+
+
+EPSILONS = (1e-3, 1e-2, 4e-2, 0.1, 0.3)
+
+
+def test_he2025_density_and_eps_rank_match_their_formula_on_slq_and_exact_spectra():
+    """On a small net's loss: SLQ output (3 probes, blocks of 30) and the dense float64 Hessian's
+    exact eigenvalues with weights 1/n, against the plain re-implementation above."""
+    _, params, _, _, loss_fn = make_problem("cross_entropy")
+    exact = descending_eigenvalues(dense_hessian(loss_fn, params))
+    nodes, weights, sizes = spectral_density(loss_fn, params, num_probes=3, num_steps=30, seed=1,
+                                             dtype=torch.float64, return_sizes=True)
+    assert sizes == [30, 30, 30]
+    draws = [(nodes[i * 30:(i + 1) * 30], weights[i * 30:(i + 1) * 30]) for i in range(3)]
+    grid, density, ranks = he2025_reference(draws, EPSILONS)
+    for kwargs in ({"num_draws": 3}, {"draw_sizes": sizes}):
+        ours_grid, ours = he2025_density(nodes, weights, **kwargs)
+        np.testing.assert_allclose(ours_grid, grid, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(ours, density, rtol=1e-9, atol=1e-12 * density.max())
+        for eps, expected in zip(EPSILONS, ranks):
+            assert eps_rank_he2025(nodes, weights, eps, **kwargs) == pytest.approx(expected,
+                                                                                   rel=1e-9)
+    # One draw is not three: the grid then spans the pooled extremes, not their mean.
+    assert he2025_density(nodes, weights)[0][0] == pytest.approx(nodes.min() - 0.01)
+    assert grid[0] > nodes.min() - 0.01
+
+    uniform = np.full(len(exact), 1 / len(exact))
+    grid, density, ranks = he2025_reference([(exact, uniform)], EPSILONS)
+    ours_grid, ours = he2025_density(exact, uniform)
+    np.testing.assert_allclose(ours_grid, grid, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(ours, density, rtol=1e-9, atol=1e-12 * density.max())
+    for eps, expected in zip(EPSILONS, ranks):
+        assert eps_rank_he2025(exact, uniform, eps) == pytest.approx(expected, rel=1e-9)
+    # Two-sided: the spectrum mirrored scores the same (its many negative eigenvalues, down to
+    # -0.3, count as curvature); the two tails integrated apart count the eigenvalues outside
+    # [-ε, ε], and the paper's number is that plus the trapezoid bridging the gap (7 points).
+    assert eps_rank_he2025(-exact, uniform, 0.1) == pytest.approx(
+        eps_rank_he2025(exact, uniform, 0.1), rel=1e-9)
+    below, above = ours_grid < -0.1, ours_grid > 0.1
+    tails = 100 * sum(np.trapezoid(ours[side], ours_grid[side]) for side in (below, above))
+    assert tails == pytest.approx(100 * np.mean(np.abs(exact) > 0.1), abs=1)
+    assert eps_rank_he2025(exact, uniform, 0.1) - tails == pytest.approx(7.5, abs=1)
+    assert np.mean(exact > 0.1) < 0.6 * np.mean(np.abs(exact) > 0.1)
+    # Enough probes estimate the exact spectrum's ε-rank (deterministic: float64, seeded).
+    many = spectral_density(loss_fn, params, num_probes=20, num_steps=60, seed=1,
+                            dtype=torch.float64)
+    for eps in (1e-2, 0.1):
+        assert eps_rank_he2025(*many, eps, num_draws=20) == pytest.approx(
+            eps_rank_he2025(exact, uniform, eps), abs=5)
+
+
+def test_he2025_eps_rank_on_known_spectra():
+    n = 100
+    uniform = np.full(n, 1 / n)
+    # All at 0: their grid is [-0.01, 0.01] and the kernel's standard deviation 1e-5 ** 0.5.
+    zeros = np.zeros(n)
+    grid, density = he2025_density(zeros, uniform)
+    assert (grid[0], grid[-1], len(grid)) == (-0.01, 0.01, 10_000)
+    assert eps_rank_he2025(zeros, uniform, 0.02) == 0.0  # ε beyond the grid: nothing outside
+    # Inside the grid the masked trapezoid rule also integrates the one trapezoid bridging
+    # [-ε, ε] (their code does): at ε = 0.009 (2.85 kernel widths) that one is almost all of it.
+    low, high = np.flatnonzero(grid < -0.009)[-1], np.flatnonzero(grid > 0.009)[0]
+    bridge = (grid[high] - grid[low]) * (density[low] + density[high]) / 2
+    tails = np.trapezoid(density[:low + 1], grid[:low + 1]) * 2
+    total = np.trapezoid(density, grid)
+    assert eps_rank_he2025(zeros, uniform, 0.009) == pytest.approx(
+        100 * (bridge + tails) / total, rel=1e-9)
+    assert 0.5 < 100 * bridge / total < 5 and 100 * tails / total < 0.5
+    # All far from 0 (either sign): 100%.
+    far = np.linspace(5.0, 10.0, n)
+    assert eps_rank_he2025(far, uniform, 1.0) == pytest.approx(100.0, abs=1e-9)
+    assert eps_rank_he2025(-far, uniform, 1.0) == pytest.approx(100.0, abs=1e-9)
+    # Half at 0, half out: 50%; on both sides of 0, still 50% (two-sided).
+    half = np.r_[np.zeros(n // 2), np.full(n // 2, 0.5)]
+    assert eps_rank_he2025(half, uniform, 0.1) == pytest.approx(50.0, abs=0.1)
+    both = np.r_[np.full(n // 4, -0.4), np.zeros(n // 2), np.full(n // 4, 0.4)]
+    assert eps_rank_he2025(both, uniform, 0.1) == pytest.approx(50.0, abs=0.1)
+    assert eps_rank_he2025(both, uniform, 0.001) == pytest.approx(100.0, abs=0.5)
+    # Their grid ends 0.01 beyond the extremes: once it spans more than 10, the kernel is wider
+    # than that (here 0.01 at ±5), the extreme nodes lose part of their mass off the grid and
+    # the normalisation gives it to the rest.
+    wide = 12.5 * both
+    assert eps_rank_he2025(wide, uniform, 1.0) == pytest.approx(45.7, abs=0.1)
+
+
+def test_he2025_draws_of_unequal_length_are_told_apart(monkeypatch):
+    """A probe whose Krylov space ran out yields fewer nodes: equal blocks would mix draws."""
+    import analysis.hessian as hessian
+
+    first, second = np.array([-1.0, 0.0, 2.0, 6.0]), np.array([0.5, 3.0])
+    nodes = np.r_[first, second]
+    weights = np.r_[np.full(4, 0.5 / 4), np.full(2, 0.5 / 2)]  # each draw's sum to 1/2, as SLQ's
+    with pytest.raises(ValueError, match="draw_sizes"):
+        he2025_density(nodes, weights, num_draws=2)
+    with pytest.raises(ValueError, match="draw_sizes"):
+        he2025_density(nodes, weights, num_draws=4)
+    grid, density = he2025_density(nodes, weights, draw_sizes=[4, 2])
+    assert grid[0] == pytest.approx((-1.0 + 0.5) / 2 - 0.01)
+    assert grid[-1] == pytest.approx((6.0 + 3.0) / 2 + 0.01)
+    reference = he2025_reference([(first, weights[:4]), (second, weights[4:])], (0.1,))
+    np.testing.assert_allclose(density, reference[1], rtol=1e-9, atol=1e-12 * density.max())
+    assert eps_rank_he2025(nodes, weights, 0.1, draw_sizes=[4, 2]) == pytest.approx(
+        reference[2][0], rel=1e-9)
+    # The kernel product in blocks (forced small here) gives the same density.
+    monkeypatch.setattr(hessian, "_KERNEL_BLOCK", 7)
+    np.testing.assert_allclose(he2025_density(nodes, weights, draw_sizes=[4, 2])[1], density,
+                               rtol=1e-12)
+
+
+def test_density_grid_with_the_he2025_kernel():
+    nodes = np.array([-1.0, 0.0, 3.0])
+    grid, sigma = density_grid(nodes, kernel="he2025")
+    assert (len(grid), grid[0], grid[-1]) == (10_000, pytest.approx(-1.01), pytest.approx(3.01))
+    assert sigma == pytest.approx((1e-5 * 4.02) ** 0.5)
+    assert density_grid(np.array([0.0, 0.1]), kernel="he2025")[1] == pytest.approx(1e-5 ** 0.5)
+    grid, density = gaussian_density(nodes, np.array([0.2, 0.5, 0.3]), kernel="he2025")
+    # Their grid ends 0.01 (1.6 sigma) beyond the extreme nodes: those lose their outer tail.
+    lost = (0.2 + 0.3) * scipy.stats.norm.sf(0.01 / sigma)
+    assert np.trapezoid(density, grid) == pytest.approx(1.0 - lost, abs=1e-4)
+    with pytest.raises(ValueError, match="kernel"):
+        density_grid(nodes, kernel="wide")
 
 
 def test_spectrum_summaries_on_known_spectra():

@@ -4,12 +4,17 @@ import math
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from scipy.special import erfi
 from strategy_helpers import make_learner, optimize, value_loss
 from torch import nn
 
-from agents.plasticity.isometry import isometry_gap
+from agents.config import ConfigError
+from agents.loop import Trainer
+from agents.plasticity.base import build_strategies
+from agents.plasticity.isometry import gram_deviation, isometry_gap
 from agents.plasticity.optimizers import AdamO, TracTuner
+from agents.plasticity.regularizers import as_matrix
 
 
 def linear(out_features, in_features, gain=1.0):
@@ -172,3 +177,92 @@ def test_trac_strategy_wraps_the_agent_optimizer_and_reports_its_scale():
              zip(with_trac.network.parameters(), plain.network.parameters())]
     assert max(moved) > 1e-4
     assert set(with_trac.strategies.metrics()) == {"trac/scale"}
+
+
+@pytest.mark.parametrize("shape", [(12, 8), (8, 12)])  # widens: WᵀW; narrows: WWᵀ
+def test_gram_estimator_is_the_gram_deviation_of_the_smaller_side(shape):
+    torch.manual_seed(0)
+    w = torch.randn(*shape, dtype=torch.float64)
+    small = (w.T @ w if shape[0] >= shape[1] else w @ w.T).tolist()
+    by_hand = sum((small[i][j] - float(i == j)) ** 2 for i in range(len(small))
+                  for j in range(len(small)))
+    assert len(small) == 8
+    assert gram_deviation(w).item() == pytest.approx(by_hand, rel=1e-12)
+    conv = torch.randn(4, 3, 2, 2, dtype=torch.float64)  # a conv kernel as (out, in·k·k)
+    flat = conv.reshape(4, 12)
+    expected = (flat @ flat.T - torch.eye(4, dtype=flat.dtype)).pow(2).sum()
+    assert gram_deviation(conv).item() == pytest.approx(expected.item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(8, 8), (12, 8), (8, 12)])
+def test_gram_estimator_vanishes_for_orthogonal_layers(shape):
+    assert gram_deviation(linear(*shape).weight).item() < 1e-10
+    assert gram_deviation(linear(*shape, gain=2.0).weight).item() > 1.0
+
+
+@pytest.mark.parametrize("name", ["isometry", "adamo"])
+def test_gram_estimator_in_both_strategies_penalises_every_hidden_layer(name):
+    learner = make_learner({name: {"coef": 0.5, "estimator": "gram"}}, arch="cnn")
+    before = {n: layer.weight.detach().clone()
+              for n, layer in learner.network.hidden_layers().items()}
+    seen = {}
+    if name == "adamo":
+        learner.optimizer.register_step_pre_hook(
+            lambda opt, args, kwargs: seen.update(opt.regularizer_grads))
+    optimize(learner, loss_fn=value_loss)
+    metrics = learner.strategies.strategies[0].metrics()
+    assert set(metrics) == {f"gap/{n}" for n in learner.network.blocks}
+    for block, weight in before.items():  # orthogonal init with gain √2: d·(2 − 1)², d the
+        gap = gram_deviation(weight).item()  # smaller side
+        assert metrics[f"gap/{block}"].item() == pytest.approx(gap, rel=1e-5)
+        assert gap == pytest.approx(min(as_matrix(weight).shape), rel=1e-4)
+    if name == "adamo":  # the decoupled step's r is ∇R of the weights before the step
+        for block, layer in learner.network.hidden_layers().items():
+            weight = before[block].clone().requires_grad_(True)
+            (expected,) = torch.autograd.grad(gram_deviation(weight), weight)
+            torch.testing.assert_close(seen[layer.weight], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_gram_estimator_refuses_jacobian_only_settings():
+    with pytest.raises(ConfigError, match="plasticity.adamo.probes: applies to estimator "
+                                          "jacobian only"):
+        build_strategies(OmegaConf.create({"adamo": {"estimator": "gram", "probes": 4}}))
+    with pytest.raises(ConfigError, match="plasticity.isometry.estimator: 'svd' is not one of"):
+        build_strategies(OmegaConf.create({"isometry": {"estimator": "svd"}}))
+
+
+def test_adamo_takes_weight_decay_and_er_l2_betas_and_trac_wraps_it():
+    learner = make_learner({"adamo": {}, "weight_decay": {"coef": 0.01},
+                            "er_l2": {"betas": [0.99, 0.99]}, "trac": {}}, arch="cnn")
+    assert isinstance(learner.optimizer, AdamO)
+    group = learner.optimizer.param_groups[0]
+    assert group["weight_decay"] == pytest.approx(0.01 + 1e-3)
+    assert group["betas"] == (0.99, 0.99)
+    optimize(learner, steps=2, loss_fn=value_loss)
+    assert "trac/scale" in learner.strategies.metrics()
+
+
+@pytest.mark.parametrize("agent", ["ppo", "dqn"])
+def test_agent_adam_betas_reach_the_optimizer(agent, tiny_cfg):
+    path = "tiny_dqn.yaml" if agent == "dqn" else "tiny.yaml"
+    cfg = tiny_cfg(f"{agent}.adam_betas=[0.99,0.95]", path=path)
+    optimizer = Trainer(cfg).agent.learner.optimizer
+    assert optimizer.param_groups[0]["betas"] == (0.99, 0.95)
+    default = Trainer(tiny_cfg(path=path)).agent.learner.optimizer
+    assert default.param_groups[0]["betas"] == (0.9, 0.999)
+    preset = Trainer(tiny_cfg("plasticity.er_l2.betas=[0.99,0.99]", path=path)
+                     ).agent.learner.optimizer
+    assert preset.param_groups[0]["betas"] == (0.99, 0.99)
+    kept = Trainer(tiny_cfg(f"{agent}.adam_betas=[0.5,0.6]", "plasticity.er_l2={}",
+                            path=path)).agent.learner.optimizer  # betas null: the agent's
+    assert kept.param_groups[0]["betas"] == (0.5, 0.6)
+
+
+@pytest.mark.parametrize("value", ["[0.9,1.0]", "[0.9]", "[-0.1,0.9]", "[0.9,0.99,0.999]"])
+def test_a_bad_adam_beta_is_one_config_error(value, tiny_cfg):
+    with pytest.raises(ConfigError) as error:
+        tiny_cfg(f"ppo.adam_betas={value}")
+    assert str(error.value).startswith("ppo.adam_betas must be two numbers, each in [0, 1)")
+    assert "\n" not in str(error.value)
+    with pytest.raises(ConfigError, match="dqn.adam_betas must be two numbers"):
+        tiny_cfg(f"dqn.adam_betas={value}")

@@ -11,19 +11,23 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from agents.config import ConfigError
+from agents.config import ConfigError, load_config, preset_overrides, to_yaml
 from agents.loop import AGENTS, Listener, Trainer
 from agents.networks import Network, NetworkSpec, nature_cnn
+from agents.ppo import log_prob_and_entropy
 from agents.train import run_training
+from analysis.bench_config import load_bench
 from analysis.features import ntk_rank
-from analysis.hessian import flatten_params, unflatten_params
+from analysis.hessian import eps_rank_he2025, flatten_params, unflatten_params
 from analysis.monitor import SpectralMonitor
 from analysis.monitor_metrics import (
-    eps_rank,
+    Measurement,
+    eps_rank_rel,
     heads_output_fn,
     measure_spectrum,
     plasticity_metrics,
 )
+from analysis.monitor_outputs import density_figure
 
 TINY = {"ppo": "tiny.yaml", "dqn": "tiny_dqn.yaml"}  # the agent's own tiny config
 SHORT = ("sequence.switch_every=512", "ppo.num_steps=32")
@@ -57,13 +61,18 @@ def events(run_dir) -> EventAccumulator:
     return acc
 
 
+@pytest.mark.parametrize("pre_batch", ["fresh", "last"])
 @pytest.mark.parametrize("agent", sorted(AGENTS))
-def test_monitor_is_a_pure_observer(agent, tiny_cfg, tmp_path):
-    """Same seed, monitor off and on (every measurement, periodic ones and feature metrics):
-    identical parameters, optimizer state and episode returns."""
+def test_monitor_is_a_pure_observer(agent, pre_batch, tiny_cfg, tmp_path):
+    """Same seed, monitor off and on (every measurement, periodic ones and feature metrics, `pre`
+    on a fresh rollout or on the last batch): identical parameters, optimizer state and
+    episode returns."""
     off_dir, _, off = train(tiny_cfg(*SHORT, f"runs_root={tmp_path / 'off'}", path=TINY[agent]))
     on_dir, console, on = train(tiny_cfg(*SHORT, *FAST_MONITOR, "monitor.every_steps=256",
+                                         f"monitor.pre_batch={pre_batch}",
                                          f"runs_root={tmp_path / 'on'}", path=TINY[agent]))
+    spectra = on_dir / "spectra"  # every task measured at its end as at its start
+    assert len(list(spectra.glob("switch_*_pre.npz"))) == len(list(spectra.glob("*_post.npz")))
     assert "spectrum @" in console and list((on_dir / "spectra").glob("step_*.npz"))
     assert any(t.startswith("plasticity/erank/") for t in events(on_dir).Tags()["scalars"])
     for name, value in off.params.items():
@@ -169,15 +178,30 @@ def test_files_tags_and_console_hold_the_computed_values(agent, tiny_cfg, tmp_pa
         assert path.stem.endswith(phase)
         assert saved["density_weights"].sum() == pytest.approx(1.0)
         assert len(saved["density_nodes"]) == len(saved["density_weights"]) == 2 * 8
-        for name in ("lambda_max", "trace", "eps_rank", "effective_rank", "tau_trainability",
-                     "negative_fraction", "ggn/lambda_max", "kfac/fc1/a_rank"):
+        he2025 = [f"eps_rank_he2025/{eps:g}" for eps in cfg.monitor.he2025_eps]
+        for name in ("lambda_max", "trace", "eps_rank_rel", "effective_rank", "tau_trainability",
+                     "negative_fraction", "ggn/lambda_max", "kfac/fc1/a_rank", *he2025):
             logged = {e.step: e.value for e in acc.Scalars(f"spectrum/{phase}/{name}")}
             assert logged[int(saved["step"])] == pytest.approx(float(saved[name]), rel=1e-6)
         assert saved["lambda_max"] == saved["eigenvalues"][0]
+        # He et al.'s ε-rank: recomputed from the saved density, per probe, at every ε.
+        assert list(saved["he2025_eps"]) == list(cfg.monitor.he2025_eps)
+        assert list(saved["density_draw_sizes"]) == [8, 8] and str(saved["density_kernel"]) == \
+            "relative"
+        for eps, name, value in zip(saved["he2025_eps"], he2025, saved["eps_rank_he2025"]):
+            assert float(saved[name]) == value == pytest.approx(eps_rank_he2025(
+                saved["density_nodes"], saved["density_weights"], eps,
+                draw_sizes=saved["density_draw_sizes"]), rel=1e-12)
+            assert 0.0 <= value
     assert {"spectrum/pre/top_eigenvalues", "spectrum/post/density",
             "spectrum/post/ggn_top_eigenvalues"} <= set(acc.Tags()["histograms"])
     assert len(acc.Images("spectrum/density_plot")) == segments + 1
     scalars = set(acc.Tags()["scalars"])
+    for tag in ("spectrum/post/eps_rank_rel", "spectrum/pre/eps_rank_rel",
+                "spectrum/post/eps_rank_he2025/0.01", "spectrum/post/eps_rank_he2025/0.08",
+                "spectrum/post/eps_rank_he2025/1", "spectrum/pre/eps_rank_he2025/0.5"):
+        assert tag in scalars, tag
+    assert "spectrum/post/eps_rank" not in scalars and "ε-rank(rel) " in lines[1]
     for tag in ("plasticity/dormant_ratio_0.025/all", "plasticity/srank/fc1",
                 "plasticity/jacobian_share_in_band/conv1", "plasticity/weight_change/all",
                 "plasticity/grad_norm", "plasticity/ntk_rank"):
@@ -247,15 +271,144 @@ def test_ntk_rank_through_a_channels_last_cnn_matches_a_loop_of_gradients():
     assert rank == int((eigenvalues > 1e-6 * eigenvalues.max()).sum()) > 1
 
 
-def test_eps_rank_is_exact_within_the_top_k_and_estimated_beyond():
+def test_eps_rank_rel_is_exact_within_the_top_k_and_estimated_beyond():
     nodes, weights = np.array([10.0, 1.0, 0.0]), np.array([0.1, 0.2, 0.7])
     # λ_k = 0.05 is below 0.01·10: the count among the top-k is exact.
-    assert eps_rank(np.array([10.0, 5.0, 0.2, 0.05]), nodes, weights, 0.01, dim=100) == 3
+    assert eps_rank_rel(np.array([10.0, 5.0, 0.2, 0.05]), nodes, weights, 0.01, dim=100) == 3
     # Every top-k eigenvalue qualifies: 100 × the density's mass above 0.1 = 30.
     saturated = np.array([10.0, 5.0, 4.0, 3.0])
-    assert eps_rank(saturated, nodes, weights, 0.01, dim=100) == pytest.approx(30)
+    assert eps_rank_rel(saturated, nodes, weights, 0.01, dim=100) == pytest.approx(30)
     # ... but never fewer than the k counted.
-    assert eps_rank(saturated, nodes, weights, 0.01, dim=10) == 4
+    assert eps_rank_rel(saturated, nodes, weights, 0.01, dim=10) == 4
+
+
+class QuietLogger:
+    """What `train_iteration` logs to, discarded."""
+
+    def episodes(self, *args) -> None: ...
+
+    def scalars(self, *args) -> None: ...
+
+
+def new_log_probs(agent, batch) -> torch.Tensor:
+    """The policy's log-probabilities of the batch's actions through the loss's own forward."""
+    params = dict(agent.network.named_parameters())
+    with torch.no_grad():
+        outputs, _ = torch.func.functional_call(agent.network, params, (batch.obs,),
+                                                {"return_features": True})
+    return log_prob_and_entropy(outputs["policy"], batch.actions)[0]
+
+
+@pytest.mark.parametrize("network", ["mlp", "minigrid_cnn"])
+def test_pre_measures_a_fresh_batch_with_ratio_one_or_the_stale_last_one(network, tiny_cfg):
+    """`fresh`: a rollout of the old task with the current parameters, so PPO's new log-probs
+    equal the stored ones (bitwise through the MLP; the CNN's batched forward may differ from
+    the rollout's per-step one in the last bit) and nothing is clipped. `last`: the training
+    batch, whose log-probs are from before the update (ratio != 1)."""
+    extra = CARTPOLE[:3] if network == "mlp" else ()
+    cfg = tiny_cfg("monitor.batch_size=64", "ppo.update_epochs=4", *extra)
+    assert cfg.monitor.pre_batch == "fresh"  # the default
+    trainer = Trainer(cfg)
+    agent, segment = trainer.agent, trainer.sequence.segment(0)
+    envs = trainer.env_factory.make_vector(segment.task)
+    agent.begin_task(envs, seed=0)
+    agent.train_iteration(segment.end, QuietLogger(), segment.task.name, trainer.generator)
+    monitor = SpectralMonitor.for_trainer(trainer)
+    seed = monitor.seed_for(1, "pre")
+    batch = monitor.pre_batch(trainer, segment, seed)
+    assert batch is not agent.last_batch and len(batch) >= 64
+    batch = monitor.subsample(batch, seed)
+    new = new_log_probs(agent, batch)
+    if network == "mlp":
+        assert torch.equal(new, batch.logprobs)
+    else:
+        assert (new - batch.logprobs).abs().max() <= 1e-6
+    forward = lambda obs: agent.network(obs, return_features=True)  # noqa: E731
+    assert float(agent.loss(batch, forward)[1]["losses/clipfrac"]) == 0.0
+    # Measured again, the same seed gives the same batch: its own seed, not the envs'.
+    again = monitor.subsample(monitor.pre_batch(trainer, segment, seed), seed)
+    assert torch.equal(again.obs, batch.obs) and torch.equal(again.actions, batch.actions)
+
+    last = SpectralMonitor(tiny_cfg("monitor.pre_batch=last", *extra).monitor, 1 << 20)
+    stale = last.pre_batch(trainer, segment, seed)
+    assert stale is agent.last_batch
+    assert (new_log_probs(agent, stale) - stale.logprobs).abs().max() > 1e-4
+    envs.close()
+
+
+def test_dqn_pre_on_a_fresh_batch_is_its_td_loss_on_new_transitions(tiny_cfg):
+    """No training batch yet: `last` has nothing to measure, `fresh` measures fresh ε-greedy
+    transitions of the task against the current target network."""
+    cfg = tiny_cfg("monitor.batch_size=64", path="tiny_dqn.yaml")
+    trainer = Trainer(cfg)
+    segment = trainer.sequence.segment(0)
+    assert trainer.agent.last_batch is None
+    last = SpectralMonitor(tiny_cfg("monitor.pre_batch=last", path="tiny_dqn.yaml").monitor,
+                           1 << 20)
+    assert last.pre_batch(trainer, segment, 1) is None
+    monitor = SpectralMonitor.for_trainer(trainer)
+    batch = monitor.subsample(monitor.pre_batch(trainer, segment, 1), 1)
+    assert len(batch) == 64
+    measured = measure_spectrum(trainer.agent, batch, cfg.monitor, seed=1)
+    assert math.isfinite(measured.scalars["loss"]) and measured.scalars["loss"] > 0
+    assert math.isfinite(measured.scalars["eps_rank_he2025/0.01"])
+
+
+HE2025 = {"density_probes": 1, "density_steps": 100, "lanczos_steps": 100,
+          "density_kernel": "he2025", "batch_size": 1024, "pre_batch": "fresh"}
+
+
+def test_the_he2025_preset_sits_between_the_defaults_and_explicit_values(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("monitor.preset=he2025")
+    assert {key: cfg.monitor[key] for key in HE2025} == HE2025
+    defaults = tiny_cfg()
+    assert defaults.monitor.density_steps == 25 and defaults.monitor.density_kernel == "relative"
+    for overrides in (["monitor.preset=he2025", "monitor.density_steps=50"],
+                      ["monitor.density_steps=50", "monitor.preset=he2025"]):
+        explicit = tiny_cfg(*overrides)  # an explicit value wins, wherever it stands
+        assert explicit.monitor.density_steps == 50 and explicit.monitor.lanczos_steps == 100
+    with pytest.raises(ConfigError, match="monitor.preset: 'paper' is not one of .*he2025"):
+        tiny_cfg("monitor.preset=paper")
+
+    # In a file too, beneath the file's own values.
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("sequence:\n  tasks: [{env_id: MiniGrid-Empty-5x5-v0}]\n"
+                    "monitor: {preset: he2025, batch_size: 512}\n")
+    from_file = load_config(mine)
+    assert from_file.monitor.batch_size == 512 and from_file.monitor.density_probes == 1
+
+    # A resumed run reloads its resolved config.yaml: the preset applied again changes nothing.
+    saved = tmp_path / "config.yaml"
+    saved.write_text(to_yaml(explicit))
+    assert load_config(saved) == explicit
+    # `pliable spectrum` on a run without the preset: its resolved file would hide the preset,
+    # so the command line's preset comes as explicit values, below the other overrides.
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(to_yaml(defaults))
+    assert load_config(plain, ["monitor.preset=he2025"]).monitor.density_steps == 25
+    offline = load_config(plain, preset_overrides(["monitor.preset=he2025",
+                                                    "monitor.batch_size=64"]))
+    assert {key: offline.monitor[key] for key in HE2025} == {**HE2025, "batch_size": 64}
+
+
+def test_a_bench_can_ask_for_the_he2025_preset(tmp_path):
+    bench = tmp_path / "paper.yaml"
+    bench.write_text("base: tiny.yaml\nstrategies: [{name: none}]\nreference: false\n"
+                     "overrides: [monitor.preset=he2025, monitor.density_steps=40]\n")
+    (cell,) = load_bench(bench, tmp_path / "out").cells
+    assert cell.cfg.monitor.density_probes == 1 and cell.cfg.monitor.lanczos_steps == 100
+    assert cell.cfg.monitor.density_steps == 40 and cell.cfg.monitor.preset == "he2025"
+
+
+def test_density_figure_with_the_he2025_kernel_draws_their_grid():
+    nodes = np.array([-0.5, 0.0, 0.0, 3.0])
+    measured = Measurement({}, {"density_nodes": nodes, "density_weights": np.full(4, 0.25),
+                                "eigenvalues": np.array([3.0, 0.5])})
+    for kernel, points in (("relative", 1001), ("he2025", 10_000)):
+        figure = density_figure("t", {"post": measured}, kernel)
+        (line,) = figure.axes[0].get_lines()
+        assert len(line.get_xdata()) == points
+        assert kernel in figure.axes[0].get_ylabel()
 
 
 @pytest.mark.parametrize("override, key", [
@@ -264,6 +417,10 @@ def test_eps_rank_is_exact_within_the_top_k_and_estimated_beyond():
     ("monitor.tau=0", "monitor.tau"),
     ("monitor.metrics_every=-1", "monitor.metrics_every"),
     ("monitor.top_k=100000", "monitor.top_k"),
+    ("monitor.he2025_eps=[]", "monitor.he2025_eps"),
+    ("monitor.he2025_eps=[0.1,0]", "monitor.he2025_eps"),
+    ("monitor.pre_batch=stale", "monitor.pre_batch"),
+    ("monitor.density_kernel=wide", "monitor.density_kernel"),
 ])
 def test_bad_monitor_settings_are_one_line_errors_before_anything_is_written(
         override, key, tiny_cfg, tmp_path):

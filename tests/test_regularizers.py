@@ -4,8 +4,11 @@ import copy
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from strategy_helpers import make_learner, optimize, step_context, value_loss
 
+from agents.config import ConfigError
+from agents.plasticity.base import build_strategies
 from agents.plasticity.regularizers import (
     as_matrix,
     differentiable_effective_rank,
@@ -48,8 +51,7 @@ def test_differentiable_effective_rank_matches_the_metric():
     assert differentiable_effective_rank(equal_spectrum).item() == pytest.approx(6.0, rel=1e-5)
 
 
-def test_effective_rank_penalty_raises_the_rank_of_low_rank_features():
-    learner = make_learner({"effective_rank": {"coef": 1.0}}, lr=1e-2)
+def make_low_rank(learner):
     fc1 = learner.network.blocks["fc1"].layer
     with torch.no_grad():  # fc1's features are nearly rank one
         fc1.weight.copy_(torch.outer(torch.rand(16) + 0.5, torch.randn(6)))
@@ -59,7 +61,12 @@ def test_effective_rank_penalty_raises_the_rank_of_low_rank_features():
     def fc1_rank():
         with torch.no_grad():
             return effective_rank(learner.network(learner.obs, True)[1]["fc1"])
+    return fc1_rank
 
+
+def test_effective_rank_penalty_raises_the_rank_of_low_rank_features():
+    learner = make_learner({"effective_rank": {"mode": "penalty", "coef": 1.0}}, lr=1e-2)
+    fc1_rank = make_low_rank(learner)
     start = fc1_rank()
     optimize(learner, steps=20)
     assert start < 1.5 and fc1_rank() > start + 1.0
@@ -67,15 +74,145 @@ def test_effective_rank_penalty_raises_the_rank_of_low_rank_features():
     assert set(strategy.metrics()) == {"erank/fc1", "erank/fc2"}
 
 
-def test_er_l2_preset_is_effective_rank_plus_l2_with_nested_settings():
-    preset = make_learner({"er_l2": {"l2": {"coef": 0.2}}})
-    parts = make_learner({"effective_rank": {}, "l2": {"coef": 0.2}})
-    step_a, step_b = step_context(preset), step_context(parts)
-    total = preset.strategies.loss_penalty(step_a)["er_l2"]
-    separate = parts.strategies.loss_penalty(step_b)
-    torch.testing.assert_close(total, separate["effective_rank"] + separate["l2"])
+def test_effective_rank_penalty_is_minus_coef_times_the_mean_layer_rank():
+    learner = make_learner({"effective_rank": {"mode": "penalty", "coef": 0.3}}, arch="cnn")
+    step = step_context(learner)
+    penalty = learner.strategies.loss_penalty(step)["effective_rank"]
+    ranks = [differentiable_effective_rank(f) for f in step.features.values()]
+    torch.testing.assert_close(penalty, -0.3 * sum(ranks) / len(ranks))
+    assert len(ranks) == len(learner.network.blocks) > 1
+
+
+def mean_rank(network, obs):
+    _, features = network(obs, return_features=True)
+    return torch.stack([differentiable_effective_rank(f) for f in features.values()]).mean()
+
+
+def test_effective_rank_step_is_a_plain_ascent_step_outside_adam():
+    """After every 3rd gradient step, θ += er_lr·∇ER on the sampled observations, and nothing
+    else: Adam's moments and .grad are those of a twin without the strategy."""
+    er_lr = 0.05
+    learner = make_learner({"effective_rank": {"er_batch": 3, "er_lr": er_lr}}, arch="cnn")
+    twin = make_learner({}, arch="cnn")
+    drawn = []
+    sample = learner.ctx.sample_obs
+    learner.ctx.sample_obs = lambda n, g: (drawn.append((learner.ctx.update_count, n)),
+                                           sample(n, g))[1]
+    params, twin_params = list(learner.network.parameters()), list(twin.network.parameters())
+    for _ in range(2):  # steps 1, 2: no ER step, the two runs stay bitwise equal
+        optimize(learner, loss_fn=value_loss)
+        optimize(twin, loss_fn=value_loss)
+        assert all(torch.equal(a, b) for a, b in zip(params, twin_params))
+    optimize(learner, loss_fn=value_loss)  # step 3: Adam's step, then the ER step
+    optimize(twin, loss_fn=value_loss)
+    assert drawn == [(3, 96)]  # er_batch × minibatch (under max_obs); the helper gives 32
+    reference = copy.deepcopy(twin.network)
+    grads = torch.autograd.grad(mean_rank(reference, learner.obs), list(reference.parameters()),
+                                allow_unused=True)
+    moved = 0.0
+    for p, q, g in zip(params, twin_params, grads):
+        expected = q.detach() if g is None else q.detach() + er_lr * g
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-6, atol=1e-8)
+        moved = max(moved, (p - q).abs().max().item())
+        torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=0)  # no .grad written
+        for key in ("exp_avg", "exp_avg_sq"):  # bitwise untouched
+            assert torch.equal(learner.optimizer.state[p][key], twin.optimizer.state[q][key])
+    assert moved > 1e-4
+    heads = {id(p) for h in reference.heads.values() for p in h.parameters()}
+    assert all((g is None) == (id(p) in heads) for p, g in zip(reference.parameters(), grads))
+    optimize(learner, steps=5, loss_fn=value_loss)  # steps 4..8: the next one at step 6 only
+    assert [count for count, _ in drawn] == [3, 6]
+    assert set(learner.strategies.metrics()) == {f"effective_rank/erank/{n}"
+                                                 for n in learner.network.blocks}
+
+
+def test_effective_rank_step_raises_the_rank_of_low_rank_features():
+    learner = make_learner({"effective_rank": {"er_batch": 1, "er_lr": 0.2}})
+    fc1_rank = make_low_rank(learner)
+    start = fc1_rank()
+    optimize(learner, steps=20)  # a zero loss: Adam does not move, only the ER steps do
+    assert start < 1.5 and fc1_rank() > start + 1.0
+
+
+def test_effective_rank_step_caps_its_observations_at_max_obs():
+    learner = make_learner({"effective_rank": {"er_batch": 2, "er_step": 2, "max_obs": 20}})
+    asked = []
+    learner.ctx.sample_obs = lambda n, g: (asked.append(n), learner.obs[:n])[1]
+    optimize(learner, steps=4)
+    assert asked == [20, 20]  # one draw per ER step time, er_step steps on it
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"effective_rank": {"coef": 0.1}}, "plasticity.effective_rank.coef: applies to mode penalty "
+     "only (mode is step; its settings: er_lr, er_batch, er_step, max_obs)"),
+    ({"effective_rank": {"mode": "penalty", "er_batch": 4}},
+     "plasticity.effective_rank.er_batch: applies to mode step only"),
+    ({"er_l2": {"effective_rank": {"batch_size": 8}}},
+     "plasticity.er_l2.effective_rank.batch_size: applies to mode penalty only"),
+    ({"effective_rank": {"mode": "both"}},
+     "plasticity.effective_rank.mode: 'both' is not one of step, penalty"),
+    ({"effective_rank": {"er_batch": 0}}, "plasticity.effective_rank.er_batch must be a positive"),
+    ({"weight_decay": {"coef": -1.0}}, "plasticity.weight_decay.coef must be >= 0"),
+    ({"er_l2": {"betas": [0.9, 1.0]}}, "plasticity.er_l2.betas must be two numbers, each in "
+     "[0, 1)"),
+])
+def test_mode_settings_are_checked(settings, message):
+    with pytest.raises(ConfigError) as error:
+        build_strategies(OmegaConf.create(settings))
+    assert message in str(error.value)
+
+
+def clipped_grads(network, obs, max_norm):
+    outputs = network(obs)
+    network.zero_grad()
+    value_loss(outputs).backward()
+    torch.nn.utils.clip_grad_norm_(network.parameters(), max_norm)
+
+
+def test_weight_decay_is_adams_coupled_weight_decay_on_the_clipped_gradient():
+    learner = make_learner({"weight_decay": {"coef": 0.5}}, arch="cnn")
+    plain = make_learner({}, arch="cnn")
+    for each in (learner, plain):
+        each.max_grad_norm = 0.01  # clipping acts, so decay after it differs from a loss term
+    reference = copy.deepcopy(learner.network)
+    adam = torch.optim.Adam(reference.parameters(), lr=1e-3, eps=1e-8, weight_decay=0.5)
+    assert learner.optimizer.param_groups[0]["weight_decay"] == 0.5
+    for _ in range(3):
+        clipped_grads(reference, learner.obs, 0.01)
+        adam.step()
+        optimize(learner, loss_fn=value_loss)
+        optimize(plain, loss_fn=value_loss)
+    for p, q in zip(learner.network.parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
+    gap = max((p - q).abs().max().item() for p, q in
+              zip(learner.network.parameters(), plain.network.parameters()))
+    assert gap > 1e-4  # and decay changed the steps
+
+
+def test_l2_is_a_loss_term_not_weight_decay():
+    learner = make_learner({"l2": {"coef": 0.5}})
+    assert learner.optimizer.param_groups[0]["weight_decay"] == 0
+
+
+def test_er_l2_preset_is_the_seeds_recipe_with_nested_settings():
+    preset = make_learner({"er_l2": {"weight_decay": {"coef": 0.2}, "betas": [0.99, 0.99],
+                                     "effective_rank": {"er_batch": 2}}})
+    group = preset.optimizer.param_groups[0]
+    assert (group["weight_decay"], group["betas"]) == (0.2, (0.99, 0.99))
+    er = preset.strategies.strategies[0].parts.strategies[1]
+    assert (er.settings.mode, er.settings.er_lr, er.settings.er_batch) == ("step", 1e-6, 2)
+    default = build_strategies(OmegaConf.create({"er_l2": {}})).strategies[0].settings
+    assert (default.effective_rank.mode, default.effective_rank.er_lr,
+            default.effective_rank.er_batch, default.weight_decay.coef, default.betas) == (
+        "step", 1e-6, 128, 1e-3, None)  # betas: the agent's (the seed's cost first-task AUC)
+    assert preset.strategies.loss_penalty(step_context(preset)) == {}  # step mode: no loss term
+    optimize(preset, steps=2)
     assert set(preset.strategies.metrics()) == {"er_l2/effective_rank/erank/fc1",
                                                 "er_l2/effective_rank/erank/fc2"}
+    keeps = make_learner({"er_l2": {}, "weight_decay": {"coef": 0.1}})
+    group = keeps.optimizer.param_groups[0]
+    assert group["betas"] == (0.9, 0.999)
+    assert group["weight_decay"] == pytest.approx(0.1 + 1e-3)  # the two decays add up
 
 
 def test_parseval_gradient_is_four_lambda_gram_deviation_times_w():

@@ -41,11 +41,11 @@ def test_shrink_perturb_at_switch_is_exactly_alpha_theta_plus_sigma_fresh_init()
               for n, m in learner.network.weight_layers().items()}
     noise = expected_fresh_draw(learner.network, sp.generator.get_state())
     sp.on_task_switch(learner.ctx, None, None)
-    assert (sp.alpha, sp.sigma) == (0.4, 0.1)
+    assert (sp.alpha, sp.sigma) == (0.5, 0.5)  # Juliani & Ash 2024's sp-5-5
     for name, layer in learner.network.weight_layers().items():
         weight, bias = before[name]
-        torch.testing.assert_close(layer.weight, 0.4 * weight + 0.1 * noise[name].weight)
-        torch.testing.assert_close(layer.bias, 0.4 * bias)  # the initialiser's biases are zero
+        torch.testing.assert_close(layer.weight, 0.5 * weight + 0.5 * noise[name].weight)
+        torch.testing.assert_close(layer.bias, 0.5 * bias)  # the initialiser's biases are zero
     assert sp.metrics() == {"applied": 1}
 
 

@@ -22,7 +22,8 @@ PPO = ("tiny.yaml", "sequence.switch_every=512", "ppo.num_steps=32", "torch_thre
        "plasticity.shrink_perturb={}")
 DQN = ("tiny_dqn.yaml", "sequence.switch_every=512", "checkpoint.every=256",
        "checkpoint.save_replay=true", "plasticity.trac={}",
-       "plasticity.shrink_perturb={when: step}", "plasticity.effective_rank={batch_size: 16}")
+       "plasticity.shrink_perturb={when: step}",
+       "plasticity.effective_rank={er_batch: 4, max_obs: 16}")
 MONITOR = ("monitor.enabled=true", "monitor.batch_size=64", "monitor.top_k=4",
            "monitor.lanczos_steps=8", "monitor.ggn_steps=8", "monitor.density_probes=1",
            "monitor.density_steps=8", "monitor.trace_probes=2", "monitor.metrics_every=12",

@@ -29,7 +29,7 @@ CATALOGUE = sorted(STRATEGIES)
 # Settings that make schedule-driven strategies act within a few updates.
 ACTIVE = {"redo": {"every_steps": 2, "threshold": 0.5}, "cbp": {"maturity": 2,
           "replacement_rate": 0.2}, "reset": {"every_steps": 3}, "shrink_perturb": {"when": "step"},
-          "effective_rank": {"batch_size": 16}, "isometry": {"samples": 8},
+          "effective_rank": {"er_batch": 2}, "isometry": {"samples": 8},
           "adamo": {"samples": 8}}
 SHORT = {"ppo": ["ppo.num_steps=8", "ppo.update_epochs=1"],
          "dqn": ["dqn.learning_starts=32", "dqn.log_every=32", "dqn.batch_size=16"]}
@@ -38,7 +38,7 @@ SHORT = {"ppo": ["ppo.num_steps=8", "ppo.update_epochs=1"],
 def test_the_issue_catalogue_is_registered():
     assert {"l2", "l2_init", "effective_rank", "er_l2", "shrink_perturb", "reset", "redo", "cbp",
             "crelu", "layer_norm", "parseval", "spectral_reg", "isometry", "adamo", "c_chain",
-            "trac", "normalize_project"} <= set(STRATEGIES)
+            "trac", "normalize_project", "weight_decay"} <= set(STRATEGIES)
 
 
 def test_pliable_strategies_lists_settings_defaults_and_papers(capsys):
@@ -47,7 +47,7 @@ def test_pliable_strategies_lists_settings_defaults_and_papers(capsys):
     for name, cls in STRATEGIES.items():
         assert f"\n{name}\n" in out and cls.paper in out
     assert "plasticity.redo.threshold: float = 0.025" in out
-    assert "plasticity.er_l2.l2.coef: float = 0.0001" in out
+    assert "plasticity.er_l2.weight_decay.coef: float = 0.001" in out
     assert "plasticity.reset.layers: list[str] = ['heads']" in out
 
 
@@ -55,7 +55,8 @@ def test_pliable_strategies_lists_settings_defaults_and_papers(capsys):
     ({"redo": {"treshold": 0.1}},
      "plasticity.redo.treshold: unknown setting (settings: threshold, every_steps, batch_size)"),
     ({"redo": {"threshold": "high"}}, "plasticity.redo.threshold: Value 'high'"),
-    ({"er_l2": {"l2": {"coeff": 1.0}}}, "plasticity.er_l2.l2.coeff: unknown setting"),
+    ({"er_l2": {"weight_decay": {"coeff": 1.0}}},
+     "plasticity.er_l2.weight_decay.coeff: unknown setting"),
     ({"l2": 0.1}, "plasticity.l2: expected a mapping of settings"),
     ({"nope": {}}, "plasticity.nope: unknown strategy 'nope'"),
 ])

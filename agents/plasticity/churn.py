@@ -18,7 +18,10 @@ DEFAULT_TARGETS = {"ppo": 0.05, "dqn": 0.01}  # the paper's relative loss scales
 class CChain(Strategy):
     """Churn penalty λ·mean‖f_θ(x̄) − f_θ⁻(x̄)‖² on an independent reference batch x̄ of recent
     observations, θ⁻ the parameters before the previous gradient step; λ is scaled automatically
-    to target·mean|L| / mean(churn) over the last `window` steps (L: the agent's loss)."""
+    to target·mean|L| / mean(churn) over the last `window` steps, L the loss of the heads whose
+    churn counts: PPO's clipped policy surrogate alone (as the authors' code: not the value loss
+    or the entropy bonus, whose −ent_coef·H is most of |total| while the policy learns), DQN's
+    TD loss."""
 
     paper = "Tang et al. 2025, Mitigating plasticity loss in continual reinforcement learning by " \
             "reducing churn (ICML 2025)"
@@ -58,7 +61,9 @@ class CChain(Strategy):
         with torch.no_grad():
             before = functional_call(self.network, previous, (reference,))
         churn = sum((outputs[h] - before[h]).pow(2).sum(-1).mean() for h in self.heads)
-        self.losses.append(step.loss.detach().abs())
+        # the agent names its policy loss in extras (PPO); otherwise the whole loss (DQN: TD)
+        objective = step.extras.get("policy_loss", step.loss)
+        self.losses.append(objective.detach().abs())
         self.churns.append(churn.detach())
         mean_churn = torch.stack(list(self.churns)).mean()
         self.coef = self.target * torch.stack(list(self.losses)).mean() / (mean_churn + 1e-8)

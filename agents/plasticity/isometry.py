@@ -1,6 +1,12 @@
 """Dynamical isometry: layer-wise input-output Jacobians with singular values near one.
 
-What we implement (the paper's exact estimator is not public to us): for every hidden block
+Two estimators (`estimator` setting). `gram` is the weight-space penalty
+R_l = ‖W_lᵀW_l − I‖²_F when layer l widens (out ≥ in), ‖W_l W_lᵀ − I‖²_F when it narrows (a conv
+kernel as the matrix (out, in·k·k)): from a secondary source (the `zij` optimizer notes,
+github.com/junaidaliop/zij docs/math/adamo.md, citing Rosseau et al., ICML 2026); the paper's own
+text (arXiv 2606.09762) was not readable to us beyond its abstract, which names "an efficient
+isometry-promoting regularization scheme" without its formula. `jacobian` (the default) is ours:
+for every hidden block
 (layer -> norm -> activation -> pool) at the inputs it sees on the minibatch, with Gaussian probes
 v ~ N(0, I),
 
@@ -24,7 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
-from agents.plasticity.base import Strategy, register_strategy
+from agents.config import ConfigError
+from agents.plasticity.base import Strategy, check_choice, register_strategy
 
 
 def isometry_gap(block, inputs: torch.Tensor, generator: torch.Generator,
@@ -64,31 +71,66 @@ def network_isometry_gap(network, obs: torch.Tensor, features: dict, generator, 
             for name, block in network.blocks.items()}
 
 
+def gram_deviation(weight: torch.Tensor) -> torch.Tensor:
+    """‖WᵀW − I‖²_F when W (out, fan_in) widens (out ≥ fan_in), else ‖WWᵀ − I‖²_F: zero exactly
+    when W's singular values are all one; differentiable."""
+    w = weight.reshape(weight.shape[0], -1)
+    gram = w.T @ w if w.shape[0] >= w.shape[1] else w @ w.T
+    identity = torch.eye(len(gram), device=gram.device, dtype=gram.dtype)
+    return (gram - identity).pow(2).sum()
+
+
 @dataclass
 class IsometrySettings:
     coef: float = 1e-2  # ours: the paper's values are not public to us
-    probes: int = 1  # Gaussian probes per sample
-    samples: int = 32  # minibatch rows the Jacobians are taken at (0: all)
+    estimator: str = "jacobian"  # jacobian (ours, at the data) | gram (weights; secondary source)
+    probes: int = 1  # Gaussian probes per sample (jacobian only)
+    samples: int = 32  # minibatch rows the Jacobians are taken at (0: all; jacobian only)
+
+
+def check_isometry_settings(strategy: str, settings: IsometrySettings) -> None:
+    """The estimator is known; probes/samples left at their defaults under `gram` (unused)."""
+    check_choice(strategy, "estimator", settings.estimator, ("jacobian", "gram"))
+    if settings.estimator == "gram":
+        defaults = IsometrySettings()
+        for name in ("probes", "samples"):
+            if getattr(settings, name) != getattr(defaults, name):
+                raise ConfigError(f"plasticity.{strategy}.{name}: applies to estimator jacobian "
+                                  "only (estimator is gram, which reads the weights alone)")
+
+
+def isometry_terms(settings: IsometrySettings, step, generator) -> dict[str, torch.Tensor]:
+    """R_l for every hidden block/layer, by the chosen estimator (differentiable)."""
+    network = step.ctx.network
+    if settings.estimator == "gram":
+        return {name: gram_deviation(layer.weight)
+                for name, layer in network.hidden_layers().items()}
+    return network_isometry_gap(network, step.obs, step.features, generator, settings.probes,
+                                settings.samples)
 
 
 @register_strategy("isometry")
 class Isometry(Strategy):
-    """Isometry penalty coef·Σ_l E_v[(‖J_l v‖² − ‖v‖²)²]/d_l over hidden blocks' input-output
-    Jacobians at the minibatch, Gaussian probes v of dimension d_l (jvp or vjp): every singular
-    value pulled toward 1."""
+    """Isometry penalty coef·Σ_l R_l, every singular value pulled toward 1. estimator jacobian:
+    R_l = E_v[(‖J_l v‖² − ‖v‖²)²]/d_l over hidden blocks' input-output Jacobians at the
+    minibatch, Gaussian probes v of dimension d_l (jvp or vjp); estimator gram: R_l =
+    ‖WᵀW − I‖²_F (layer widens) or ‖WWᵀ − I‖²_F (narrows) on each hidden layer's weights."""
 
     paper = "Rosseau et al. 2026, Preserving plasticity in continual learning via dynamical " \
             "isometry (arXiv 2606.09762)"
     Settings = IsometrySettings
     state_attributes = ("gaps",)
 
+    def __init__(self, settings):
+        super().__init__(settings)
+        check_isometry_settings(self.name, settings)
+
     def setup(self, ctx):
         self.generator = self.make_generator(ctx)
         self.gaps: dict[str, torch.Tensor] = {}
 
     def loss_penalty(self, step):
-        gaps = network_isometry_gap(step.ctx.network, step.obs, step.features, self.generator,
-                                    self.settings.probes, self.settings.samples)
+        gaps = isometry_terms(self.settings, step, self.generator)
         self.gaps = {name: g.detach() for name, g in gaps.items()}
         return self.settings.coef * sum(gaps.values())
 

@@ -1,15 +1,19 @@
-"""Loss penalties on weights and features: L2, L2-Init, effective rank (and the ER+L2 preset),
-Parseval, spectral regularisation. Each is added to the loss in `Learner.optimize`, so it goes
-through the same optimizer as the agent's loss (none is folded into Adam's weight decay)."""
+"""Regularisers on weights and features: L2, L2-Init, Parseval, spectral regularisation (loss
+penalties added in `Learner.optimize`, so they go through the optimizer with the agent's loss);
+coupled weight decay (bound into Adam); effective rank (a plain ascent step outside the optimizer,
+the seed paper's, or a loss penalty) and the seed's ER + L2 preset."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from agents.plasticity.base import Strategy, StrategyStack, register_strategy
+from agents.config import ConfigError, check_adam_betas
+from agents.plasticity.base import Strategy, StrategyStack, check_choice, register_strategy
 
 
 def weight_layer_params(network) -> list[torch.nn.Parameter]:
@@ -24,7 +28,9 @@ def as_matrix(weight: torch.Tensor) -> torch.Tensor:
 
 @register_strategy("l2")
 class L2(Strategy):
-    """L2 penalty coef·‖θ‖² on every weight and bias, added to the loss."""
+    """L2 penalty coef·‖θ‖² on every weight and bias (not norm affines), added to the loss: its
+    gradient 2·coef·θ is clipped with the loss's (`weight_decay` adds coef·θ after clipping, to
+    every parameter, inside Adam: the seed paper's L2)."""
 
     paper = "weight decay as an L2 loss term; e.g. Lyle et al. 2023, Kumar et al. 2023"
 
@@ -68,61 +74,173 @@ def differentiable_effective_rank(features: torch.Tensor) -> torch.Tensor:
     return torch.exp(-(p * p.clamp_min(1e-12).log()).sum())
 
 
+@dataclass
+class EffectiveRankSettings:
+    mode: str = "step"  # step (the seed's: a plain ascent step) | penalty (a loss term)
+    # mode step: θ ← θ + er_lr·∇ER after every er_batch-th gradient step, er_step times, on
+    # er_batch × minibatch-size observations from ctx.sample_obs (at most max_obs)
+    er_lr: float = 1e-6
+    er_batch: int = 128
+    er_step: int = 1
+    max_obs: int = 2048  # ours (0: no cap): the seed's ER step sees one 2048-step rollout
+    # mode penalty: −coef·mean_l erank(F_l) added to the loss every every_steps gradient steps
+    coef: float = 1e-3
+    every_steps: int = 1
+    batch_size: int = 0  # 0: the minibatch's own features; n: n recent observations
+
+
+MODE_SETTINGS = {"step": ("er_lr", "er_batch", "er_step", "max_obs"),
+                 "penalty": ("coef", "every_steps", "batch_size")}
+
+
 @register_strategy("effective_rank")
 class EffectiveRank(Strategy):
-    """Maximise the effective rank exp(H(σ/Σσ)) of every hidden layer's features:
-    penalty −coef·Σ_l erank(F_l), on the minibatch or on a fresh batch of recent observations."""
+    """Raise the effective rank ER = mean_l exp(H(σ/Σσ)) of the hidden layers' features (one
+    shared torso, so the seed's per-network mean is the mean over its hidden layers). mode step
+    (the seed's): every er_batch gradient steps, er_step plain steps θ ← θ + er_lr·∇ER on recent
+    observations, outside the optimizer (no Adam moments, clipping or weight decay); mode
+    penalty: −coef·ER added to the loss."""
 
     paper = "He et al. 2025 (arXiv 2509.22335); effective rank: Roy & Vetterli 2007"
+    Settings = EffectiveRankSettings
     state_attributes = ("ranks",)
 
-    @dataclass
-    class Settings:
-        coef: float = 1e-2
-        every_steps: int = 1  # gradient steps between penalties
-        batch_size: int = 0  # 0: the minibatch's own features; n: n recent observations
+    def __init__(self, settings, key: str = "effective_rank"):
+        super().__init__(settings)
+        check_choice(key, "mode", settings.mode, tuple(MODE_SETTINGS))
+        defaults = EffectiveRankSettings()
+        for mode, names in MODE_SETTINGS.items():
+            changed = [n for n in names if getattr(settings, n) != getattr(defaults, n)]
+            if mode != settings.mode and changed:
+                raise ConfigError(
+                    f"plasticity.{key}.{changed[0]}: applies to mode {mode} only (mode is "
+                    f"{settings.mode}; its settings: {', '.join(MODE_SETTINGS[settings.mode])})")
+        for name in ("er_batch", "er_step", "every_steps"):
+            if getattr(settings, name) < 1:
+                raise ConfigError(f"plasticity.{key}.{name} must be a positive integer, got "
+                                  f"{getattr(settings, name)}")
+        for name in ("max_obs", "batch_size", "er_lr"):
+            if getattr(settings, name) < 0:
+                raise ConfigError(f"plasticity.{key}.{name} must be >= 0, got "
+                                  f"{getattr(settings, name)}")
 
     def setup(self, ctx):
         self.generator = self.make_generator(ctx)
+        self.params = list(ctx.network.parameters())
         self.ranks: dict[str, torch.Tensor] = {}
+
+    def layer_ranks(self, features: dict) -> torch.Tensor:
+        """ER, the mean over hidden layers (differentiable); records each layer's rank."""
+        ranks = {name: differentiable_effective_rank(f) for name, f in features.items()}
+        self.ranks = {name: r.detach() for name, r in ranks.items()}
+        return torch.stack(list(ranks.values())).mean()
 
     def loss_penalty(self, step):
         ctx = step.ctx
-        if ctx.update_count % self.settings.every_steps:
+        if self.settings.mode != "penalty" or ctx.update_count % self.settings.every_steps:
             return None
         features = step.features
         if self.settings.batch_size:
             obs = ctx.sample_obs(self.settings.batch_size, self.generator)
             _, features = ctx.network(obs, return_features=True)
-        ranks = {name: differentiable_effective_rank(f) for name, f in features.items()}
-        self.ranks = {name: r.detach() for name, r in ranks.items()}
-        return -self.settings.coef * sum(ranks.values())
+        return -self.settings.coef * self.layer_ranks(features)
+
+    def after_optimizer_step(self, step):
+        ctx = step.ctx  # update_count has counted the step just taken
+        if self.settings.mode != "step" or ctx.update_count % self.settings.er_batch:
+            return
+        count = self.settings.er_batch * step.obs.shape[0]
+        if self.settings.max_obs:
+            count = min(count, self.settings.max_obs)
+        obs = ctx.sample_obs(count, self.generator)
+        for _ in range(self.settings.er_step):
+            _, features = ctx.network(obs, return_features=True)
+            # autograd.grad: no .grad is written, so the next optimizer step never sees it
+            grads = torch.autograd.grad(self.layer_ranks(features), self.params,
+                                        allow_unused=True)
+            with torch.no_grad():
+                for param, grad in zip(self.params, grads):
+                    if grad is not None:
+                        param.add_(grad, alpha=self.settings.er_lr)
 
     def metrics(self):
         return {f"erank/{name}": r for name, r in self.ranks.items()}
 
 
+def bind_optimizer_settings(factory, strategy: str, **settings):
+    """`factory` with `settings` bound over the ones it has: the learner's Adam factory (and
+    adamo's) is a functools.partial whose `.keywords` are Adam's settings."""
+    if not isinstance(factory, functools.partial):
+        raise ConfigError(f"plasticity.{strategy}: cannot set the optimizer's "
+                          f"{', '.join(settings)}: a strategy before it hid Adam's settings")
+    return functools.partial(factory.func, *factory.args, **{**factory.keywords, **settings})
+
+
+@register_strategy("weight_decay")
+class WeightDecay(Strategy):
+    """Coupled weight decay (the seed's L2): Adam's weight_decay, coef·θ added to the clipped
+    gradient of every parameter before Adam's moments (optax add_decayed_weights before adam).
+    Unlike `l2`, it is not a loss term: gradient clipping never sees it. With adamo, AdamO decays
+    the same way; with `er_l2` the two coefficients add up."""
+
+    paper = "He et al. 2025 (arXiv 2509.22335): L2 as coupled weight decay; Dohare et al. 2024"
+    order = 30  # binds Adam's settings before adamo (40) replaces or trac (60) wraps it
+
+    @dataclass
+    class Settings:
+        coef: float = 1e-3
+
+    def __init__(self, settings):
+        super().__init__(settings)
+        if settings.coef < 0:
+            raise ConfigError(f"plasticity.weight_decay.coef must be >= 0, got {settings.coef}")
+
+    def configure_optimizer(self, factory):
+        decay = getattr(factory, "keywords", {}).get("weight_decay", 0.0) + self.settings.coef
+        return bind_optimizer_settings(factory, self.name, weight_decay=decay)
+
+
 @register_strategy("er_l2")
 class EffectiveRankL2(Strategy):
-    """Preset: effective_rank + l2 together, the seed paper's recommendation (settings nested:
-    plasticity.er_l2.l2.coef=...)."""
+    """Preset, the seed paper's recipe: effective_rank (mode step, er_lr 1e-6, er_batch 128) +
+    coupled weight_decay (1e-3); settings nested (plasticity.er_l2.weight_decay.coef=...).
+    `betas` replaces the agent's Adam betas: the seed's are [0.99, 0.99], but at our PPO
+    learning rate they cost first-task learning (0.69 of the baseline's AUC on Empty-6x6 against
+    0.87 with the agent's; bench/first_task_defaults.py), so the default (null) keeps the
+    agent's."""
 
     paper = "He et al. 2025 (arXiv 2509.22335)"
 
     @dataclass
     class Settings:
-        effective_rank: EffectiveRank.Settings = field(default_factory=EffectiveRank.Settings)
-        l2: L2.Settings = field(default_factory=L2.Settings)
+        effective_rank: EffectiveRankSettings = field(default_factory=EffectiveRankSettings)
+        weight_decay: WeightDecay.Settings = field(default_factory=WeightDecay.Settings)
+        betas: Optional[list[float]] = None  # the seed's: [0.99, 0.99]
 
     def __init__(self, settings):
         super().__init__(settings)
-        self.parts = StrategyStack([EffectiveRank(settings.effective_rank), L2(settings.l2)])
+        if settings.betas is not None:
+            check_adam_betas("plasticity.er_l2.betas", settings.betas)
+        self.parts = StrategyStack([
+            EffectiveRank(settings.effective_rank, key="er_l2.effective_rank"),
+            WeightDecay(settings.weight_decay)])
+
+    def configure_optimizer(self, factory):
+        factory = self.parts.configure_optimizer(factory)
+        if self.settings.betas is not None:
+            factory = bind_optimizer_settings(factory, self.name,
+                                              betas=tuple(float(b) for b in self.settings.betas))
+        return factory
 
     def setup(self, ctx):
         self.parts.setup(ctx)
 
     def loss_penalty(self, step):
-        return sum(self.parts.loss_penalty(step).values())
+        penalties = self.parts.loss_penalty(step)
+        return sum(penalties.values()) if penalties else None
+
+    def after_optimizer_step(self, step):
+        self.parts.after_optimizer_step(step)
 
     def metrics(self):
         return self.parts.metrics()

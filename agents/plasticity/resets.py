@@ -19,17 +19,22 @@ from agents.plasticity.base import Strategy, check_choice, register_strategy
 @register_strategy("shrink_perturb")
 class ShrinkPerturb(Strategy):
     """θ ← α·θ + σ·ε for every weight and bias, ε a fresh draw of the layer's initialiser;
-    at task switches (α 0.4, σ 0.1) or after every gradient step (α 0.999999, σ 1e-6)."""
+    at task switches (α 0.5, σ 0.5) or after every gradient step (α 0.999999, σ 1e-6), the
+    values of Juliani & Ash 2024 (awjuliani/deep-rl-plasticity: `sp-5-5` at each shift, `ssp-6`
+    per step). The switch setting used to be α 0.4, σ 0.1: that leaves the weights at ~0.41 of
+    their initial scale, and a MiniGrid study's later tasks learned at 0.44 of a fresh agent
+    (0.5/0.5: 1.29; README, Plasticity strategies)."""
 
-    paper = "Ash & Adams 2020, On warm-starting neural network training (NeurIPS 2020)"
-    DEFAULTS = {"switch": (0.4, 0.1), "step": (0.999999, 1e-6)}
+    paper = "Ash & Adams 2020, On warm-starting neural network training (NeurIPS 2020); " \
+            "defaults: Juliani & Ash 2024, A study of plasticity loss in on-policy deep RL"
+    DEFAULTS = {"switch": (0.5, 0.5), "step": (0.999999, 1e-6)}
     state_attributes = ("applied",)
 
     @dataclass
     class Settings:
         when: str = "switch"  # switch | step
-        alpha: Optional[float] = None  # None: 0.4 at switches, 0.999999 per step
-        sigma: Optional[float] = None  # None: 0.1 at switches, 1e-6 per step
+        alpha: Optional[float] = None  # None: 0.5 at switches, 0.999999 per step
+        sigma: Optional[float] = None  # None: 0.5 at switches, 1e-6 per step
 
     def __init__(self, settings):
         super().__init__(settings)
