@@ -259,16 +259,16 @@ def _merge_file_and_overrides(base: DictConfig, file_cfg: DictConfig, path: Path
 
 
 def preset_overrides(overrides) -> list[str]:
-    """`overrides` with every `monitor.preset=NAME` preceded by that preset's values as dotted
-    overrides: for a resolved config file (a run's config.yaml), whose explicit values would
-    otherwise hide a preset asked for on the command line (`pliable spectrum`)."""
+    """`overrides` preceded by the values of every preset they name (`monitor.preset=NAME`) as
+    dotted overrides: for a resolved config file (a run's config.yaml), whose explicit values
+    would otherwise hide a preset asked for on the command line (`pliable spectrum`). The preset's
+    values come first, so an explicit override wins wherever it stands on the line."""
     expanded = []
     for override in overrides:
         key, _, name = override.partition("=")
         if key.strip() == "monitor.preset" and name.strip() in MONITOR_PRESETS:
             expanded += [f"monitor.{k}={v}" for k, v in MONITOR_PRESETS[name.strip()].items()]
-        expanded.append(override)
-    return expanded
+    return expanded + list(overrides)
 
 
 def load_yaml_mapping(path: Path) -> DictConfig:

@@ -295,6 +295,9 @@ def epsilon_selection(correlation: pd.DataFrame,
                       family: str = HE2025_EPS_RANK) -> pd.DataFrame:
     """He et al.'s way to pick ε: among the `family` + ε metrics of `spectral_correlation`
     (pooled, one row per metric), the ε whose ε-rank best fits the ratio linearly (highest R²).
+    The points are those of `correlation`, one per run and switch (as their incremental-CIFAR
+    branch, per seed; on ImageNet and MNIST they fit seed means per method and task, which
+    our per-run task orders make a mix of tasks).
 
     One row per ε found, in increasing ε: eps, metric, the correlation's columns, and `chosen`
     (True on exactly one row, the first of the best R²; on none when no R² is defined).

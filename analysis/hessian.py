@@ -690,7 +690,7 @@ def eps_rank_he2025(
     (lop-jax ``analysis/plot_epsilon_rank.py``). Like theirs, the masked trapezoid rule also
     integrates the one trapezoid that bridges the gap, from the last grid point below -ε to the
     first above +ε, whenever grid points lie on both sides of it; ours does exactly the same, to
-    be the paper's number. So a unit mass at 0 scores about ``200 x phi(x)`` percent, with
+    be the paper's number. So a unit mass at 0 scores about ``200 * x * phi(x)`` percent, with
     ``x = eps / s``, ``s`` the kernel's standard deviation and ``phi`` the normal density
     (2.7% at x = 3), rather than 0. Other arguments as in `he2025_density`.
     """

@@ -386,9 +386,10 @@ def test_the_he2025_preset_sits_between_the_defaults_and_explicit_values(tiny_cf
     plain = tmp_path / "plain.yaml"
     plain.write_text(to_yaml(defaults))
     assert load_config(plain, ["monitor.preset=he2025"]).monitor.density_steps == 25
-    offline = load_config(plain, preset_overrides(["monitor.preset=he2025",
-                                                    "monitor.batch_size=64"]))
-    assert {key: offline.monitor[key] for key in HE2025} == {**HE2025, "batch_size": 64}
+    for line in (["monitor.preset=he2025", "monitor.batch_size=64"],
+                 ["monitor.batch_size=64", "monitor.preset=he2025"]):  # wherever it stands
+        offline = load_config(plain, preset_overrides(line))
+        assert {key: offline.monitor[key] for key in HE2025} == {**HE2025, "batch_size": 64}
 
 
 def test_a_bench_can_ask_for_the_he2025_preset(tmp_path):

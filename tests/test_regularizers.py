@@ -138,8 +138,11 @@ def test_effective_rank_step_caps_its_observations_at_max_obs():
     learner = make_learner({"effective_rank": {"er_batch": 2, "er_step": 2, "max_obs": 20}})
     asked = []
     learner.ctx.sample_obs = lambda n, g: (asked.append(n), learner.obs[:n])[1]
+    forwards = []  # rows of every forward pass: the steps' 32, the ER steps' 20
+    learner.network.register_forward_hook(lambda m, args, out: forwards.append(len(args[0])))
     optimize(learner, steps=4)
     assert asked == [20, 20]  # one draw per ER step time, er_step steps on it
+    assert forwards.count(20) == 4 and forwards.count(32) == 4
 
 
 @pytest.mark.parametrize("settings,message", [
@@ -153,6 +156,8 @@ def test_effective_rank_step_caps_its_observations_at_max_obs():
      "plasticity.effective_rank.mode: 'both' is not one of step, penalty"),
     ({"effective_rank": {"er_batch": 0}}, "plasticity.effective_rank.er_batch must be a positive"),
     ({"weight_decay": {"coef": -1.0}}, "plasticity.weight_decay.coef must be >= 0"),
+    ({"er_l2": {"weight_decay": {"coef": -1.0}}},
+     "plasticity.er_l2.weight_decay.coef must be >= 0"),
     ({"er_l2": {"betas": [0.9, 1.0]}}, "plasticity.er_l2.betas must be two numbers, each in "
      "[0, 1)"),
 ])

@@ -232,6 +232,12 @@ def test_the_headline_answers_the_three_questions(tmp_path):
     assert set(prediction["metric"]) == {f"eps_rank_he2025/{CHOSEN:g}", "eps_rank_rel",
                                          "tau_trainability"}
     assert set(prediction["strategy_set"]) == {"all", "l2", "none", "slow"}
+    # per set as pooled: the reference and position 0 left out (3 seeds x 3 switches each)
+    assert (prediction.loc[prediction["strategy_set"] == "all", "n"] == 27).all()
+    assert (prediction.loc[prediction["strategy_set"] != "all", "n"] == 9).all()
+    collapse_points = pd.read_csv(out / "tables" / "collapse_points.csv")
+    assert (collapse_points["task_index"] > 0).all()
+    assert set(collapse_points["strategy_set"]) == {"l2", "none", "slow"}
     # (d) only slow's settings hurt the first task (0.54); none and l2 start at ~1
     warnings = head.split("(d) First-task warnings", 1)[1]
     assert warnings.strip().splitlines() == [

@@ -56,5 +56,6 @@ def test_the_shipped_study_runs_end_to_end_and_its_report_answers_its_questions(
     assert selection["chosen"].sum() == 1
     points = pd.read_csv(tables / "collapse_points.csv")
     assert (points["task_index"] > 0).all() and len(points) > 0  # task-start Hessians only
+    assert REFERENCE not in set(points["strategy_set"])  # the runs under study only
     for figure in ("collapse_scatter", "hessian_density"):
         assert (bench.root / "report" / "figures" / f"{figure}.png").is_file()

@@ -18,10 +18,10 @@ DEFAULT_TARGETS = {"ppo": 0.05, "dqn": 0.01}  # the paper's relative loss scales
 class CChain(Strategy):
     """Churn penalty λ·mean‖f_θ(x̄) − f_θ⁻(x̄)‖² on an independent reference batch x̄ of recent
     observations, θ⁻ the parameters before the previous gradient step; λ is scaled automatically
-    to target·mean|L| / mean(churn) over the last `window` steps, L the loss of the heads whose
-    churn counts: PPO's clipped policy surrogate alone (as the authors' code: not the value loss
-    or the entropy bonus, whose −ent_coef·H is most of |total| while the policy learns), DQN's
-    TD loss."""
+    to target·mean|L| / mean(churn) over the last `window` steps, L the policy loss the agent
+    names (whatever `heads` holds): PPO's clipped policy surrogate alone (as the authors' code:
+    not the value loss or the entropy bonus, whose −ent_coef·H is most of |total| while the policy
+    learns); an agent naming none (DQN) gives its whole loss, the TD loss."""
 
     paper = "Tang et al. 2025, Mitigating plasticity loss in continual reinforcement learning by " \
             "reducing churn (ICML 2025)"

@@ -21,8 +21,9 @@ from agents.plasticity.isometry import IsometrySettings, check_isometry_settings
 
 class AdamO(torch.optim.Adam):
     """Adam with a decoupled isometry step, as AdamW decouples weight decay: the moments see only
-    the loss gradient g; after Adam's update, θ ← θ − lr·coef·r with r = ∇R(θ) set beforehand in
-    `regularizer_grads` (param -> gradient, consumed by the step)."""
+    the loss gradient g (plus weight_decay·θ when one is bound: Adam's coupled decay); after
+    Adam's update, θ ← θ − lr·coef·r with r = ∇R(θ) set beforehand in `regularizer_grads`
+    (param -> gradient, consumed by the step)."""
 
     def __init__(self, params, isometry_coef: float = 0.0, **adam_kwargs):
         super().__init__(params, **adam_kwargs)

@@ -190,14 +190,15 @@ class WeightDecay(Strategy):
     class Settings:
         coef: float = 1e-3
 
-    def __init__(self, settings):
+    def __init__(self, settings, key: str = "weight_decay"):
         super().__init__(settings)
+        self.key = key  # where its settings sit in the config (er_l2 nests one)
         if settings.coef < 0:
-            raise ConfigError(f"plasticity.weight_decay.coef must be >= 0, got {settings.coef}")
+            raise ConfigError(f"plasticity.{key}.coef must be >= 0, got {settings.coef}")
 
     def configure_optimizer(self, factory):
         decay = getattr(factory, "keywords", {}).get("weight_decay", 0.0) + self.settings.coef
-        return bind_optimizer_settings(factory, self.name, weight_decay=decay)
+        return bind_optimizer_settings(factory, self.key, weight_decay=decay)
 
 
 @register_strategy("er_l2")
@@ -223,7 +224,7 @@ class EffectiveRankL2(Strategy):
             check_adam_betas("plasticity.er_l2.betas", settings.betas)
         self.parts = StrategyStack([
             EffectiveRank(settings.effective_rank, key="er_l2.effective_rank"),
-            WeightDecay(settings.weight_decay)])
+            WeightDecay(settings.weight_decay, key="er_l2.weight_decay")])
 
     def configure_optimizer(self, factory):
         factory = self.parts.configure_optimizer(factory)
