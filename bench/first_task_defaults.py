@@ -34,6 +34,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import yaml
@@ -64,13 +65,22 @@ class Arm:
     settings: dict
 
 
+def fail(message: str) -> NoReturn:
+    """Bad input: one line on stderr, exit status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def parse_arm(text: str) -> Arm:
     name, _, rest = text.partition("=")
-    settings = yaml.safe_load(rest) if rest else {}
     if name != BASELINE and name not in STRATEGIES:
-        raise SystemExit(f"unknown strategy '{name}' (known: {', '.join(sorted(STRATEGIES))})")
+        fail(f"unknown strategy '{name}' (known: {', '.join(sorted(STRATEGIES))})")
+    try:
+        settings = yaml.safe_load(rest) if rest else {}
+    except yaml.YAMLError as exc:
+        fail(f"{text}: settings are not YAML ({str(exc).splitlines()[0]})")
     if not isinstance(settings, dict):
-        raise SystemExit(f"{text}: settings must be a mapping, e.g. {name}={{key: value}}")
+        fail(f"{text}: settings must be a mapping, e.g. {name}={{key: value}}")
     return Arm(text, name, settings)
 
 
@@ -157,8 +167,7 @@ def main() -> None:
         try:
             configs = {arm: write_config(arm, args, out) for arm in arms}
         except ConfigError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            raise SystemExit(2) from None
+            fail(str(exc))
         task = load_config(configs[arms[0]]).sequence.tasks[0].env_id
         print(f"{args.agent} on {task}, {args.steps:,} env steps, seeds 1..{args.seeds}, "
               f"{len(arms)} arms (baseline first), {args.jobs} at a time; runs in {out}",

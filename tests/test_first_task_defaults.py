@@ -133,7 +133,7 @@ def bench_module():
     return module
 
 
-def test_bench_marks_switch_only_settings_and_bootstraps_a_ratio_of_means():
+def test_bench_marks_switch_only_settings_and_bootstraps_a_ratio_of_means(capsys):
     bench = bench_module()
     only = {text: bench.switch_only(bench.parse_arm(text), "ppo") for text in
             ("reset", "shrink_perturb", "shrink_perturb={when: step}",
@@ -142,5 +142,9 @@ def test_bench_marks_switch_only_settings_and_bootstraps_a_ratio_of_means():
                     "reset={every_steps: 100}": False, "l2": False, "c_chain": False}
     ratio, low, high = bench.ratio_ci(np.array([0.4, 0.5, 0.6]), np.array([1.0, 1.0, 1.0]))
     assert ratio == pytest.approx(0.5) and 0.4 <= low < 0.5 < high <= 0.6
-    with pytest.raises(SystemExit, match="unknown strategy 'nope'"):
-        bench.parse_arm("nope")
+    for text, message in (("nope", "unknown strategy 'nope'"),
+                          ("redo={threshold: [", "settings are not YAML"),
+                          ("redo=[1]", "settings must be a mapping")):
+        with pytest.raises(SystemExit) as stopped:
+            bench.parse_arm(text)
+        assert stopped.value.code == 2 and message in capsys.readouterr().err
