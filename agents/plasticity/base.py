@@ -91,6 +91,23 @@ def check_choice(strategy: str, key: str, value, allowed) -> None:
                           f"{', '.join(map(str, allowed))}")
 
 
+def check_mode_settings(strategy: str, settings, switch: str,
+                        groups: dict[str, tuple[str, ...]]) -> None:
+    """`settings.<switch>` picks one of `groups` (mode -> the settings only it reads); a setting
+    of another mode changed from its default is a one-line ConfigError naming it, so that no
+    value the user set is silently ignored."""
+    chosen = getattr(settings, switch)
+    check_choice(strategy, switch, chosen, tuple(groups))
+    defaults = type(settings)()
+    for mode, names in groups.items():
+        changed = [n for n in names if mode != chosen and n not in groups[chosen]
+                   and getattr(settings, n) != getattr(defaults, n)]
+        if changed:
+            own = ", ".join(groups[chosen]) or "none"
+            raise ConfigError(f"plasticity.{strategy}.{changed[0]}: applies to {switch} {mode} "
+                              f"only ({switch} is {chosen}; its settings: {own})")
+
+
 def register_strategy(name: str):
     def decorate(cls):
         cls.name = name

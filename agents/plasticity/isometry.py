@@ -30,8 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from agents.config import ConfigError
-from agents.plasticity.base import Strategy, check_choice, register_strategy
+from agents.plasticity.base import Strategy, check_mode_settings, register_strategy
 
 
 def isometry_gap(block, inputs: torch.Tensor, generator: torch.Generator,
@@ -89,14 +88,10 @@ class IsometrySettings:
 
 
 def check_isometry_settings(strategy: str, settings: IsometrySettings) -> None:
-    """The estimator is known; probes/samples left at their defaults under `gram` (unused)."""
-    check_choice(strategy, "estimator", settings.estimator, ("jacobian", "gram"))
-    if settings.estimator == "gram":
-        defaults = IsometrySettings()
-        for name in ("probes", "samples"):
-            if getattr(settings, name) != getattr(defaults, name):
-                raise ConfigError(f"plasticity.{strategy}.{name}: applies to estimator jacobian "
-                                  "only (estimator is gram, which reads the weights alone)")
+    """The estimator is known; probes/samples left at their defaults under `gram`, which reads
+    the weights alone."""
+    check_mode_settings(strategy, settings, "estimator",
+                        {"jacobian": ("probes", "samples"), "gram": ()})
 
 
 def isometry_terms(settings: IsometrySettings, step, generator) -> dict[str, torch.Tensor]:

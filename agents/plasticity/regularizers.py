@@ -13,7 +13,12 @@ import torch
 import torch.nn.functional as F
 
 from agents.config import ConfigError, check_adam_betas
-from agents.plasticity.base import Strategy, StrategyStack, check_choice, register_strategy
+from agents.plasticity.base import (
+    Strategy,
+    StrategyStack,
+    check_mode_settings,
+    register_strategy,
+)
 
 
 def weight_layer_params(network) -> list[torch.nn.Parameter]:
@@ -107,14 +112,7 @@ class EffectiveRank(Strategy):
 
     def __init__(self, settings, key: str = "effective_rank"):
         super().__init__(settings)
-        check_choice(key, "mode", settings.mode, tuple(MODE_SETTINGS))
-        defaults = EffectiveRankSettings()
-        for mode, names in MODE_SETTINGS.items():
-            changed = [n for n in names if getattr(settings, n) != getattr(defaults, n)]
-            if mode != settings.mode and changed:
-                raise ConfigError(
-                    f"plasticity.{key}.{changed[0]}: applies to mode {mode} only (mode is "
-                    f"{settings.mode}; its settings: {', '.join(MODE_SETTINGS[settings.mode])})")
+        check_mode_settings(key, settings, "mode", MODE_SETTINGS)
         for name in ("er_batch", "er_step", "every_steps"):
             if getattr(settings, name) < 1:
                 raise ConfigError(f"plasticity.{key}.{name} must be a positive integer, got "
