@@ -284,11 +284,11 @@ CORRELATION_COLUMNS = ("pearson_r", "pearson_p", "spearman_rho", "spearman_p", "
 def _correlations(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:  # scipy would warn and give NaN
         return dict.fromkeys(CORRELATION_COLUMNS, np.nan)
-    pearson, spearman = scipy.stats.pearsonr(x, y), scipy.stats.spearmanr(x, y)
-    fit = scipy.stats.linregress(x, y)
-    return {"pearson_r": pearson.statistic, "pearson_p": pearson.pvalue,
+    # linregress's r and two-sided p are Pearson's (the same t-test), so one fit gives both
+    fit, spearman = scipy.stats.linregress(x, y), scipy.stats.spearmanr(x, y)
+    return {"pearson_r": fit.rvalue, "pearson_p": fit.pvalue,
             "spearman_rho": spearman.statistic, "spearman_p": spearman.pvalue,
-            "r_squared": pearson.statistic ** 2, "slope": fit.slope, "intercept": fit.intercept}
+            "r_squared": fit.rvalue ** 2, "slope": fit.slope, "intercept": fit.intercept}
 
 
 def epsilon_selection(correlation: pd.DataFrame,

@@ -110,11 +110,11 @@ DENSITY_LINTHRESH = 1e-2  # the symlog x-axis is linear within ±this: He et al.
 
 def switch_densities(densities: dict[str, dict[int, list]], stem: Path,
                      eps: float | None = None) -> Path:
-    """`density_figure`, saved."""
-    return save(density_figure(densities, eps=eps), stem)
+    """`switch_density_figure`, saved."""
+    return save(switch_density_figure(densities, eps=eps), stem)
 
 
-def density_figure(densities: dict[str, dict[int, list]], eps: float | None = None,
+def switch_density_figure(densities: dict[str, dict[int, list]], eps: float | None = None,
                    linthresh: float = DENSITY_LINTHRESH, num_points: int = 1500):
     """Hessian eigenvalue density after successive switches, one panel per strategy set, every
     panel on one symlog x-axis (linear within ±`linthresh`) and one log y-axis, so that mass

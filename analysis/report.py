@@ -285,7 +285,8 @@ def _collapse_section(doc: Document, stats, eps_table, chosen, figures: Path, st
     if len(chosen):
         metrics[chosen["metric"].iloc[0]] = (f"ε-rank, ε = {chosen['eps'].iloc[0]:g} (% of "
                                              "mass), at the task's start")
-    ours = [m for m in ("eps_rank_rel", "eps_rank") if (prediction["metric"] == m).any()]
+    ours = [m for m in OUR_PREDICTORS  # our ε-rank (its old name in older logs), not τ
+            if m.startswith("eps_rank") and (prediction["metric"] == m).any()]
     if ours:
         metrics[ours[0]] = f"{ours[0]} at the task's start"
     if metrics:

@@ -15,7 +15,7 @@ from analysis.headline import (
     first_task_warnings,
     trend_verdict,
 )
-from analysis.plots import density_figure
+from analysis.plots import switch_density_figure
 from analysis.report import main
 from analysis.report_tables import number
 from analysis.results import load_table
@@ -309,7 +309,7 @@ def test_every_density_panel_shares_one_symlog_x_range():
     densities = {"collapsed": {1: seeds(1e-4), 2: seeds(1e-5)}, "healthy": {1: seeds(50.0)},
                  "wide": {0: seeds(1.0), 3: seeds(3e3)}, "mid": {1: seeds(0.3)}}
 
-    fig = density_figure(densities, eps=0.04)
+    fig = switch_density_figure(densities, eps=0.04)
 
     panels = [ax for ax in fig.axes if ax.get_visible()]
     assert len(panels) == 4
