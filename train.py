@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+from agents.runtime.openmp import spin_briefly
 
 TRAIN_EPILOG = """\
 CONFIG is a YAML file, or the name of one in configs/ (default: configs/minigrid_ppo.yaml).
@@ -44,13 +47,13 @@ def split_config_arg(args) -> tuple[str | None, list[str]]:
 
 def train(argv: list[str]) -> int:
     args = train_parser().parse_args(argv)
-    from agents.config import load_config, to_yaml
-    from agents.train import run_training
+    from agents.runtime.config import load_config, to_yaml
+    from agents.runtime.launch import run_training
 
     path, overrides = split_config_arg(args)
     if args.resume:
-        from agents.config import ConfigError
-        from agents.resume import resume_training
+        from agents.errors import ConfigError
+        from agents.runtime.resume import resume_training
 
         if path is not None:
             raise ConfigError(f"--resume uses the run's own config.yaml: drop '{path}'")
@@ -64,29 +67,44 @@ def train(argv: list[str]) -> int:
 
 def strategies(argv: list[str]) -> int:
     """`pliable strategies`: every plasticity strategy with its settings, defaults and paper."""
-    from agents.plasticity import describe_strategies
+    parser = argparse.ArgumentParser(
+        prog="pliable strategies",
+        description="List the plasticity strategies, their settings, defaults and papers.")
+    parser.add_argument("--markdown", action="store_true",
+                        help="print README.md's strategy table instead")
+    parser.add_argument("--readme", metavar="PATH", type=Path,
+                        help="with --markdown: rewrite the table in PATH (between its "
+                        "<!-- strategies:start --> and <!-- strategies:end --> lines)")
+    args = parser.parse_args(argv)
+    from agents.plasticity import describe_strategies, readme_with_table, strategies_markdown
 
-    print(describe_strategies(), end="")
+    if args.readme and not args.markdown:
+        parser.error("--readme writes the --markdown table: add --markdown")
+    if args.readme:
+        args.readme.write_text(readme_with_table(args.readme.read_text()))
+        print(f"wrote the strategy table into {args.readme}")
+    else:
+        print(strategies_markdown() if args.markdown else describe_strategies(), end="")
     return 0
 
 
 def bench(argv: list[str]) -> int:
     """`pliable bench`: run a benchmark grid on Ray (analysis/bench.py)."""
-    from analysis.bench import main as bench_main
+    from analysis.study.grid import main as bench_main
 
     return bench_main(argv)
 
 
 def report(argv: list[str]) -> int:
     """`pliable report`: tables, statistics and plots from a runs directory (analysis/report.py)."""
-    from analysis.report import main as report_main
+    from analysis.study.report import main as report_main
 
     return report_main(argv)
 
 
 def spectrum(argv: list[str]) -> int:
     """`pliable spectrum`: the spectral monitor's measurements on a saved agent."""
-    from analysis.offline_spectrum import main as spectrum_main
+    from analysis.study.spectrum import main as spectrum_main
 
     return spectrum_main(argv)
 
@@ -97,6 +115,7 @@ COMMANDS = {"train": train, "strategies": strategies, "bench": bench, "report": 
 
 def cli(argv: list[str] | None = None) -> int:
     """Entry point of the `pliable` console script."""
+    spin_briefly()
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print("usage: pliable {" + ",".join(COMMANDS) + "} ...\n\n"
@@ -115,7 +134,7 @@ def cli(argv: list[str] | None = None) -> int:
 
 def guarded(command, argv: list[str]) -> int:
     """Bad input -> one line on stderr and exit status 2, never a traceback."""
-    from agents.config import ConfigError
+    from agents.errors import ConfigError
 
     try:
         return command(argv)
@@ -125,6 +144,7 @@ def guarded(command, argv: list[str]) -> int:
 
 
 def main() -> None:
+    spin_briefly()
     sys.exit(guarded(train, sys.argv[1:]))
 
 

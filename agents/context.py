@@ -14,12 +14,11 @@ from torch import nn
 class TrainContext:
     """Live training state shared with strategies (read freely, change only what you own)."""
 
-    agent: str  # "ppo" | "dqn"
+    agent: str  # the registered agent's name: "ppo" | "dqn" | ...
     network: nn.Module  # the online network being trained
     device: torch.device
     seed: int
     optimizer: Optional[torch.optim.Optimizer] = None
-    other_networks: dict[str, nn.Module] = field(default_factory=dict)  # e.g. DQN's target
     global_step: int = 0  # env steps, summed over envs
     update_count: int = 0  # gradient steps taken
     iteration: int = 0  # completed agent iterations (PPO rollout+update, DQN train step)
@@ -37,7 +36,6 @@ class StepContext:
     ctx: TrainContext
     obs: torch.Tensor
     loss: torch.Tensor
-    outputs: dict[str, torch.Tensor]
     features: dict[str, torch.Tensor]  # hidden block name -> activations (with graph)
     # Named parts of the loss, detached: PPO gives "policy_loss" (its clipped surrogate alone)
     extras: dict[str, Any] = field(default_factory=dict)

@@ -20,16 +20,51 @@ from __future__ import annotations
 import copy
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 import torch
 
+from agents.adam import check_adam_betas
+from agents.base import Agent, Iteration, finished_episodes, register_agent
 from agents.context import StepContext
-from agents.learner import Learner
+from agents.errors import ConfigError
 from agents.networks import make_spec
 from agents.replay import ReplayBuffer
-from envs.tasks import TaskSpec
+from envs.tasks import TaskSequence
+
+
+@dataclass
+class DQNConfig:
+    # CleanRL dqn_atari defaults
+    learning_rate: float = 1e-4
+    buffer_size: int = 1_000_000  # transitions (frame slots: ~7 KB each on Atari)
+    gamma: float = 0.99
+    tau: float = 1.0  # target update: 1 copies the online network, < 1 is Polyak averaging
+    target_network_frequency: int = 1000  # env steps between target updates
+    batch_size: int = 32
+    start_e: float = 1.0
+    end_e: float = 0.01
+    exploration_fraction: float = 0.1  # of the run's env steps (each task's, if restarted)
+    learning_starts: int = 80_000  # transitions stored since the buffer was empty, before training
+    train_frequency: int = 4  # env steps between train steps
+    loss: str = "mse"  # mse (CleanRL) | huber (Nature DQN)
+    max_grad_norm: Optional[float] = None  # CleanRL's DQN does not clip
+    adam_eps: float = 1e-8
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # torch's defaults
+    # plasticity-research options
+    double_dqn: bool = False
+    n_step: int = 1
+    replay_ratio: float = 0.25  # gradient updates per env step (CleanRL: 1 per train_frequency)
+    restart_epsilon_at_switch: bool = False
+    flush_buffer_at_switch: bool = False
+    sync_target_at_switch: bool = True
+    log_every: int = 1000  # env steps per train_iteration (losses averaged, logged once)
+
+POSITIVE = ("buffer_size", "batch_size", "train_frequency", "target_network_frequency", "n_step",
+            "log_every")
+LOSSES = ("mse", "huber")
 
 
 @dataclass
@@ -74,39 +109,58 @@ def true_next_obs(next_obs: np.ndarray, info: dict, done: np.ndarray) -> np.ndar
     return real
 
 
-def replay_frame_stack(cfg, obs_shape) -> int:
-    """Atari stacks share frames, which the buffer stores once; a permuted obs is no stack."""
-    tasks = [TaskSpec(t.env_id, permute_obs=t.permute_obs) for t in cfg.sequence.tasks]
-    stacked = all(t.family == "atari" and t.permute_obs is None for t in tasks)
-    return cfg.env.frame_stack if stacked and obs_shape[0] == cfg.env.frame_stack else 1
+@register_agent("dqn", config=DQNConfig)
+class DQN(Agent):
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        dqn, env = cfg.dqn, cfg.env
+        for key in POSITIVE:
+            if dqn[key] <= 0:
+                raise ConfigError(f"dqn.{key} must be a positive integer, got {dqn[key]}")
+        if dqn.loss not in LOSSES:
+            raise ConfigError(f"dqn.loss: '{dqn.loss}' is not one of {', '.join(LOSSES)}")
+        updates = dqn.replay_ratio * dqn.train_frequency
+        if updates < 1 or abs(updates - round(updates)) > 1e-9:
+            raise ConfigError(
+                f"dqn.replay_ratio × dqn.train_frequency ({dqn.replay_ratio} × "
+                f"{dqn.train_frequency}) must be a positive integer: the updates of one train step")
+        first_sample = max(dqn.batch_size, env.num_envs * dqn.n_step)
+        if dqn.learning_starts < first_sample:
+            raise ConfigError(f"dqn.learning_starts ({dqn.learning_starts}) must be at least "
+                              f"{first_sample} (dqn.batch_size and env.num_envs × dqn.n_step)")
+        room = dqn.learning_starts + env.num_envs * env.frame_stack
+        if dqn.buffer_size < room:
+            raise ConfigError(f"dqn.buffer_size ({dqn.buffer_size}) must be at least {room} "
+                              "(dqn.learning_starts plus env.num_envs × env.frame_stack)")
+        for key, low, high in (("tau", 0.0, 1.0), ("exploration_fraction", 0.0, 1.0),
+                               ("gamma", 0.0, 1.0)):
+            if not low < dqn[key] <= high:
+                raise ConfigError(f"dqn.{key} must lie in ({low:g}, {high:g}], got {dqn[key]}")
+        if not 0.0 <= dqn.end_e <= dqn.start_e <= 1.0:
+            raise ConfigError(f"dqn.end_e ({dqn.end_e}) and dqn.start_e ({dqn.start_e}) must "
+                              "satisfy 0 <= end_e <= start_e <= 1")
+        check_adam_betas("dqn.adam_betas", dqn.adam_betas)
 
-
-class DQN:
-    kind = "dqn"
-
-    def __init__(self, cfg, observation_space, action_space, strategies, device,
-                 reward_transform=None, total_steps: int = 1):
+    def __init__(self, cfg, env, strategies, device):
         self.cfg = cfg.dqn
         self.num_envs = cfg.env.num_envs
         self.device = device
-        self.reward_transform = reward_transform
-        self.num_actions = int(action_space.n)
-        self.obs_shape, self.obs_dtype = observation_space.shape, observation_space.dtype
-        self.frame_stack = replay_frame_stack(cfg, self.obs_shape)
-        self.run_steps, self.task_steps = total_steps, cfg.sequence.switch_every
+        self.reward_transform = env.reward_transform
+        self.num_actions = int(env.action_space.n)
+        self.obs_shape, self.obs_dtype = env.observation_space.shape, env.observation_space.dtype
+        self.frame_stack = env.replay_frame_stack
+        self.run_steps = TaskSequence.from_config(cfg.sequence, cfg.seed).total_steps
+        self.task_steps = cfg.sequence.switch_every
         self.updates_per_train_step = round(self.cfg.replay_ratio * self.cfg.train_frequency)
-        spec = make_spec(cfg.network, observation_space, heads={"q": self.num_actions})
-        self.learner = Learner.for_agent(self.kind, cfg, self.cfg, spec, strategies, device)
-        self.network = self.learner.network
+        spec = make_spec(cfg.network, env.observation_space, heads={"q": self.num_actions},
+                         layout=env.layout)
+        self.build_learner(cfg, spec, strategies, device)
         self.target_network = copy.deepcopy(self.network).requires_grad_(False)
-        self.ctx = self.learner.ctx
-        self.ctx.other_networks["target"] = self.target_network
-        self.ctx.sample_obs = self._sample_replay_obs
         self.learner.setup()
         self._update_target(tau=1.0)  # in case a strategy's setup changed the online weights
         self.buffer = self._make_buffer(self.cfg.buffer_size, self.num_envs)
         self.replay_rng = np.random.default_rng(cfg.seed)
-        self.envs = None
+        self.started = False  # a task has begun (a switch follows it)
         self.buffer_start = 0  # global step at which the buffer was last empty
         self.task_start = 0
         self.last_batch: ReplayBatch | None = None
@@ -147,9 +201,8 @@ class DQN:
         return next_obs, info
 
     def begin_task(self, envs, seed: int) -> None:
-        switching = self.envs is not None
+        switching, self.started = self.started, True
         self.obs, _ = envs.reset(seed=seed)
-        self.envs = envs
         self.task_start = self.ctx.global_step
         if not switching:
             return
@@ -176,13 +229,25 @@ class DQN:
             obs, _ = self._env_step(envs, obs, epsilon, generator, buffer)
         return self.make_batch(buffer.sample(num_steps * n, np.random.default_rng(seed)))
 
-    def _sample_replay_obs(self, n: int, generator: torch.Generator) -> torch.Tensor:
+    def sample_recent_obs(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """From the replay buffer (this task's transitions, and older ones unless flushed)."""
         rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator)))
         return self.buffer.sample_obs(n, rng)
 
-    # -- checkpoints (agents/checkpoint.py; the envs are rebuilt by agents/resume.py) ----------
+    # -- checkpoints (agents/runtime/checkpoints.py; the runtime rebuilds the envs) ------------
+    def side_files(self) -> dict:
+        return {"replay": self.buffer}
+
+    def without_side_file(self, name: str, step: int) -> str:
+        self.buffer_start = step  # learning waits for a refilled buffer
+        return ("note: the checkpoint holds no replay buffer (checkpoint.save_replay=false): "
+                "the DQN refills it before learning again, so this is not an exact continuation")
+
+    def next_observation(self) -> torch.Tensor:
+        return torch.as_tensor(self.obs)
+
     def state_dict(self) -> dict:
-        """All but the envs and the replay buffer (large: saved apart, `buffer.state_dict()`)."""
+        """All but the envs and the replay buffer (large: a side file, `side_files()`)."""
         batch = None if self.last_batch is None else vars(self.last_batch)
         return {**self.learner.state_dict(), "target_network": self.target_network.state_dict(),
                 "obs": torch.tensor(self.obs), "last_batch": batch,
@@ -191,6 +256,7 @@ class DQN:
 
     def load_state_dict(self, state: dict) -> None:
         self.learner.load_state_dict(state)
+        self.started = True  # the checkpoint was taken inside a task or at its start
         self.target_network.load_state_dict(state["target_network"])
         self.obs = state["obs"].cpu().numpy()
         self.replay_rng.bit_generator.state = state["replay_rng"]
@@ -229,7 +295,7 @@ class DQN:
             batch = self.make_batch(self.buffer.sample(self.cfg.batch_size, self.replay_rng))
             loss, stats, outputs, features = self.loss(batch, forward)
             stats.update(self.learner.optimize(
-                StepContext(self.ctx, batch.obs, loss, outputs, features)))
+                StepContext(self.ctx, batch.obs, loss, features)))
             totals.update(stats)
             self.last_batch = batch
         self.learner.after_update()
@@ -243,20 +309,19 @@ class DQN:
         for target, online in zip(self.target_network.parameters(), self.network.parameters()):
             target.lerp_(online, tau)  # tau·online + (1 − tau)·target
 
-    def train_iteration(self, max_steps: int, logger, task_name: str,
-                        generator: torch.Generator) -> int:
+    def train_iteration(self, envs, max_steps: int, generator: torch.Generator) -> Iteration:
         """About log_every env steps (never past max_steps) with the train steps and target
-        updates due in them, in order; losses are averaged and logged once. Returns env steps."""
+        updates due in them, in order; their losses averaged into one set of stats."""
         vector_steps = min(math.ceil(self.cfg.log_every / self.num_envs),
                            max_steps // self.num_envs)
-        totals = Counter()
+        totals, episodes = Counter(), []
         updates_before = self.ctx.update_count
         for _ in range(vector_steps):
-            self.obs, info = self._env_step(self.envs, self.obs, self.epsilon(), generator,
+            self.obs, info = self._env_step(envs, self.obs, self.epsilon(), generator,
                                             self.buffer)
             first = self.ctx.global_step + 1
             self.ctx.global_step += self.num_envs
-            logger.episodes(info, self.ctx.global_step, task_name)
+            episodes.extend(finished_episodes(info, self.ctx.global_step))
             for step in range(first, self.ctx.global_step + 1):
                 if step - self.buffer_start < self.cfg.learning_starts:
                     continue
@@ -268,5 +333,4 @@ class DQN:
         stats = {key: value / updates for key, value in totals.items()}
         stats["charts/epsilon"] = self.epsilon()
         stats["charts/learning_rate"] = self.learner.optimizer.param_groups[0]["lr"]
-        logger.scalars(stats, self.ctx.global_step)
-        return vector_steps * self.num_envs
+        return Iteration(stats, episodes)

@@ -6,26 +6,17 @@ PPO and DQN build a loss and call `optimize`; they never name a strategy.
 
 from __future__ import annotations
 
-import functools
 from typing import Optional
 
 import torch
 from torch import nn
 
+from agents.adam import adam_factory
 from agents.context import StepContext, TrainContext
 from agents.networks import Network, NetworkSpec
 from agents.plasticity.base import StrategyStack
 
 COUNTERS = ("global_step", "update_count", "iteration", "task_index", "task_name")
-
-
-def adam_factory(learning_rate: float, eps: float, betas=(0.9, 0.999)):
-    """Adam with its settings bound (`.keywords`: a strategy replacing Adam reuses them, one
-    binding weight decay or betas edits them). fused: one kernel per parameter, 3x faster a step
-    than torch's per-tensor loop (its CPU default) on the Nature CNN and within round-off of it
-    (bench/levers.py, tests)."""
-    return functools.partial(torch.optim.Adam, lr=learning_rate, eps=eps,
-                             betas=tuple(float(b) for b in betas), fused=True)
 
 
 class Learner:
@@ -47,14 +38,6 @@ class Learner:
         # Set by any step whose loss is NaN/Inf; a device flag, read once per iteration (a host
         # sync per gradient step would stall a GPU).
         self.nonfinite_loss = torch.zeros((), dtype=torch.bool, device=device)
-
-    @classmethod
-    def for_agent(cls, kind: str, cfg, agent_cfg, spec: NetworkSpec, strategies: StrategyStack,
-                  device: torch.device) -> Learner:
-        """The learner of agent `kind`: run config `cfg`, its agent section `agent_cfg`."""
-        return cls(spec, strategies, dict(agent=kind, seed=cfg.seed), agent_cfg.learning_rate,
-                   agent_cfg.adam_eps, agent_cfg.max_grad_norm, device, cfg.compile,
-                   agent_cfg.adam_betas)
 
     def _forward(self, obs: torch.Tensor):
         return self.network(obs, return_features=True)

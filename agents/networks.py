@@ -15,6 +15,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from envs.families import plain_layout
+from envs.info import ObservationLayout
+
+
+@dataclass
+class NetworkConfig:
+    arch: str = "auto"  # auto | nature_cnn | minigrid_cnn | mlp
+    width: float = 1.0  # multiplies every hidden width
+    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])  # mlp only
+    channels_last: bool = True  # convolutions in NHWC memory layout: ~25% faster on CPU (oneDNN)
+
 
 @dataclass
 class BlockSpec:
@@ -33,7 +44,7 @@ class NetworkSpec:
     heads: dict[str, int]  # head name -> output size
     head_gains: dict[str, float] = field(default_factory=dict)
     input_scale: float = 1.0  # uint8 inputs are converted inside the network
-    channels_last_input: bool = False  # MiniGrid images come as HWC
+    channels_last_input: bool = False  # images come as HWC (the env family's layout says)
     channels_last: bool = True  # image inputs, hence every conv, in NHWC memory layout
     activation: str = "relu"  # relu | crelu
     layer_norm: bool = False
@@ -57,28 +68,27 @@ def mlp(hidden_sizes, width: float = 1.0) -> list[BlockSpec]:
             for i, n in enumerate(hidden_sizes)]
 
 
+CNN_TORSOS = {"minigrid_cnn": minigrid_cnn, "nature_cnn": nature_cnn}
+
+
 def make_spec(net_cfg, observation_space, heads: dict[str, int],
-              head_gains: Optional[dict[str, float]] = None) -> NetworkSpec:
+              head_gains: Optional[dict[str, float]] = None,
+              layout: Optional[ObservationLayout] = None) -> NetworkSpec:
+    """The spec of a network reading `observation_space` laid out as `layout` says (HWC or CHW
+    images, input scale, network.arch=auto's choice): the env family's, EnvFactory.info.layout;
+    None: gymnasium's own rule for a bare space (envs.families.plain_layout)."""
+    layout = layout or plain_layout(observation_space)
     shape = tuple(observation_space.shape)
-    arch = net_cfg.arch
-    if arch == "auto":
-        arch = ("mlp" if len(shape) == 1 else
-                "minigrid_cnn" if len(shape) == 3 and shape[-1] == 3 and shape[0] < 16 else
-                "nature_cnn")
-    is_uint8 = observation_space.dtype == "uint8"
+    arch = layout.arch if net_cfg.arch == "auto" else net_cfg.arch
     if arch == "mlp":
         blocks = mlp(net_cfg.hidden_sizes, net_cfg.width)
-        return NetworkSpec(shape, blocks, heads, head_gains or {},
-                           input_scale=1 / 255 if is_uint8 else 1.0)
-    if len(shape) != 3:
+    elif layout.image and len(shape) == 3:
+        blocks = CNN_TORSOS[arch](shape, net_cfg.width)
+    else:
         raise ValueError(f"network.arch={arch} needs image observations, got shape {shape}")
-    if arch == "minigrid_cnn":
-        # MiniGrid cells hold small integer codes (object <= 10, colour <= 5, state <= 2).
-        return NetworkSpec(shape, minigrid_cnn(shape, net_cfg.width), heads, head_gains or {},
-                           input_scale=0.1, channels_last_input=True,
-                           channels_last=net_cfg.channels_last)
-    return NetworkSpec(shape, nature_cnn(shape, net_cfg.width), heads, head_gains or {},
-                       input_scale=1 / 255, channels_last=net_cfg.channels_last)
+    return NetworkSpec(shape, blocks, heads, head_gains or {}, input_scale=layout.input_scale,
+                       channels_last_input=layout.image and layout.channels_last,
+                       channels_last=net_cfg.channels_last)
 
 
 NATIVE_CONV_MAX_BATCH, NATIVE_CONV_MAX_PIXELS = 12, 100  # see Network.act
@@ -201,12 +211,9 @@ class Network(nn.Module):
         Atari frames at any batch above 1, so they serve only that case (bench/levers.py)."""
         if not (self._tiny_images and obs.dim() == 4 and obs.shape[0] <= NATIVE_CONV_MAX_BATCH):
             return self(obs)
-        onednn = torch.backends.mkldnn.enabled
-        torch.backends.mkldnn.enabled = False
-        try:
+        # allow_tf32=None: leave oneDNN's TF32 switch alone (setting it warns without Intel GPUs).
+        with torch.backends.mkldnn.flags(enabled=False, allow_tf32=None):
             return self(obs)
-        finally:
-            torch.backends.mkldnn.enabled = onednn
 
     def block_inputs(self, obs: torch.Tensor, features: dict[str, torch.Tensor]):
         """Each hidden block's input, from forward's features: what layer-wise Jacobians take."""

@@ -7,14 +7,41 @@ every gradient step goes through the shared `Learner.optimize` (strategies hook 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 import torch
 
+from agents.adam import check_adam_betas
+from agents.base import Agent, Iteration, finished_episodes, forked_rng, register_agent
 from agents.context import StepContext
-from agents.learner import Learner
+from agents.errors import ConfigError
 from agents.networks import make_spec
+from envs.tasks import TaskSequence
+
+
+@dataclass
+class PPOConfig:
+    # CleanRL ppo_atari defaults
+    learning_rate: float = 2.5e-4
+    num_steps: int = 128
+    anneal_lr: bool = False  # CleanRL anneals to 0; a continual run usually keeps it constant
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    num_minibatches: int = 4
+    update_epochs: int = 4
+    norm_adv: bool = True
+    clip_coef: float = 0.1
+    clip_vloss: bool = True
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    target_kl: Optional[float] = None
+    adam_eps: float = 1e-5
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # torch's defaults
+
+POSITIVE = ("num_steps", "num_minibatches", "update_epochs")
 
 
 @dataclass
@@ -71,30 +98,37 @@ def sample_categorical(logits: torch.Tensor) -> torch.Tensor:
     return (probs / torch.empty_like(probs).exponential_()).argmax(-1)
 
 
-class PPO:
-    kind = "ppo"
+@register_agent("ppo", config=PPOConfig)
+class PPO(Agent):
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        for key in POSITIVE:
+            if cfg.ppo[key] <= 0:
+                raise ConfigError(f"ppo.{key} must be a positive integer, got {cfg.ppo[key]}")
+        batch = cfg.env.num_envs * cfg.ppo.num_steps
+        if batch % cfg.ppo.num_minibatches:
+            raise ConfigError(
+                f"ppo.num_minibatches ({cfg.ppo.num_minibatches}) must divide env.num_envs × "
+                f"ppo.num_steps ({batch})"
+            )
+        check_adam_betas("ppo.adam_betas", cfg.ppo.adam_betas)
 
-    def __init__(self, cfg, observation_space, action_space, strategies, device,
-                 reward_transform=None, total_steps: int = 1):
+    def __init__(self, cfg, env, strategies, device):
         self.cfg = cfg.ppo
         self.num_envs = cfg.env.num_envs
         self.device = device
-        self.total_steps = total_steps
-        self.reward_transform = reward_transform
-        spec = make_spec(cfg.network, observation_space,
-                         heads={"policy": int(action_space.n), "value": 1},
-                         head_gains={"policy": 0.01, "value": 1.0})
-        self.learner = Learner.for_agent(self.kind, cfg, self.cfg, spec, strategies, device)
-        self.network = self.learner.network
-        self.ctx = self.learner.ctx
-        self.ctx.sample_obs = self._sample_recent_obs
+        self.total_steps = TaskSequence.from_config(cfg.sequence, cfg.seed).total_steps
+        self.reward_transform = env.reward_transform
+        spec = make_spec(cfg.network, env.observation_space,
+                         heads={"policy": int(env.action_space.n), "value": 1},
+                         head_gains={"policy": 0.01, "value": 1.0}, layout=env.layout)
+        self.build_learner(cfg, spec, strategies, device)
         self.learner.setup()
         self.last_batch: RolloutBatch | None = None
 
     # -- acting ------------------------------------------------------------------------------
     def begin_task(self, envs, seed: int) -> None:
         obs, _ = envs.reset(seed=seed)
-        self.envs = envs
         self.next_obs = torch.as_tensor(obs, device=self.device)
         self.next_done = torch.zeros(self.num_envs, device=self.device)
 
@@ -138,8 +172,7 @@ class PPO:
     def probe_batch(self, envs, num_steps: int, seed: int) -> RolloutBatch:
         """A fresh batch from `envs` with the current policy, leaving training untouched
         (own seed, global RNG restored, no counters moved): what the spectral monitor measures."""
-        device = torch.device(self.device)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with forked_rng(self.device):
             torch.manual_seed(seed)  # on a GPU the draws come from its generator
             obs, _ = envs.reset(seed=seed)
             obs = torch.as_tensor(obs, device=self.device)
@@ -147,13 +180,10 @@ class PPO:
             batch, _, _ = self.rollout(envs, obs, done, num_steps)
         return batch
 
-    def _sample_recent_obs(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        if self.last_batch is None:
-            raise RuntimeError("no rollout collected yet on this task")
-        idx = torch.randint(len(self.last_batch), (n,), generator=generator)
-        return self.last_batch.obs[idx.to(self.last_batch.obs.device)]
+    # -- checkpoints (agents/runtime/checkpoints.py; the runtime rebuilds the envs) ------------
+    def next_observation(self) -> torch.Tensor:
+        return self.next_obs
 
-    # -- checkpoints (agents/checkpoint.py; the envs are rebuilt by agents/resume.py) ----------
     def state_dict(self) -> dict:
         return {**self.learner.state_dict(), "obs": self.next_obs, "next_done": self.next_done}
 
@@ -202,7 +232,7 @@ class PPO:
                 loss, stats, outputs, features = self.loss(mb, forward)
                 extras = {"policy_loss": stats["losses/policy_loss"].detach()}  # C-CHAIN: λ
                 stats.update(self.learner.optimize(
-                    StepContext(self.ctx, mb.obs, loss, outputs, features, extras)))
+                    StepContext(self.ctx, mb.obs, loss, features, extras)))
                 for k, v in stats.items():
                     totals[k] = totals.get(k, 0) + v.detach()
                 count += 1
@@ -216,24 +246,22 @@ class PPO:
             1 - (returns - values).var() / var_y if var_y > 0 else torch.tensor(float("nan")))
         return means
 
-    def train_iteration(self, max_steps: int, logger, task_name: str,
-                        generator: torch.Generator) -> int:
-        """One rollout (shortened to end at max_steps) and one PPO update; returns env steps."""
+    def train_iteration(self, envs, max_steps: int, generator: torch.Generator) -> Iteration:
+        """One rollout (shortened to end at max_steps) and one PPO update."""
         num_steps = min(self.cfg.num_steps, max_steps // self.num_envs)
         if self.cfg.anneal_lr:
             frac = 1.0 - self.ctx.global_step / self.total_steps
             self.learner.set_learning_rate(frac * self.cfg.learning_rate)
-        step0 = self.ctx.global_step
+        step0, episodes = self.ctx.global_step, []
 
         def on_step(t, info):
-            logger.episodes(info, step0 + (t + 1) * self.num_envs, task_name)
+            episodes.extend(finished_episodes(info, step0 + (t + 1) * self.num_envs))
 
         batch, self.next_obs, self.next_done = self.rollout(
-            self.envs, self.next_obs, self.next_done, num_steps, on_step)
+            envs, self.next_obs, self.next_done, num_steps, on_step)
         self.last_batch = batch
         self.ctx.global_step += num_steps * self.num_envs
         stats = self.update(batch, generator)
         stats["charts/learning_rate"] = self.learner.optimizer.param_groups[0]["lr"]
         self.learner.after_update()
-        logger.scalars(stats, self.ctx.global_step)
-        return num_steps * self.num_envs
+        return Iteration(stats, episodes)

@@ -18,8 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agents.config import load_config  # noqa: E402
-from agents.loop import Trainer, segment_seed  # noqa: E402
+from agents.runtime.config import load_config  # noqa: E402
+from agents.runtime.trainer import Trainer, segment_seed  # noqa: E402
 
 SETTINGS = {
     # name: (config, overrides, env steps to time, train steps to time)
@@ -30,19 +30,11 @@ SETTINGS = {
 }
 
 
-class NullLogger:
-    def episodes(self, info, step, task_name):
-        pass
-
-    def scalars(self, values, step):
-        pass
-
-
-def run_env_steps(agent, env_steps: int, task_name: str, generator) -> float:
+def run_env_steps(agent, envs, env_steps: int, generator) -> float:
     """Seconds for env_steps env steps of the training loop (train steps due included)."""
-    start, done = time.perf_counter(), 0
-    while done < env_steps:
-        done += agent.train_iteration(env_steps - done, NullLogger(), task_name, generator)
+    start, end = time.perf_counter(), agent.ctx.global_step + env_steps
+    while agent.ctx.global_step < end:
+        agent.train_iteration(envs, end - agent.ctx.global_step, generator)
     return time.perf_counter() - start
 
 
@@ -55,7 +47,7 @@ def measure(config: str, overrides: list[str], env_steps: int, train_steps: int)
     envs = trainer.env_factory.make_vector(task)
     agent.begin_task(envs, segment_seed(cfg.seed, 0))
     generator = torch.Generator().manual_seed(0)
-    acting = env_steps / run_env_steps(agent, env_steps, task.name, generator)  # nothing due yet
+    acting = env_steps / run_env_steps(agent, envs, env_steps, generator)  # nothing due yet
 
     start = time.perf_counter()
     for _ in range(train_steps):
@@ -63,7 +55,7 @@ def measure(config: str, overrides: list[str], env_steps: int, train_steps: int)
     updates = train_steps * agent.updates_per_train_step / (time.perf_counter() - start)
 
     loop_steps = train_steps * cfg.dqn.train_frequency  # as many train steps, inside the loop
-    loop = loop_steps / run_env_steps(agent, loop_steps, task.name, generator)
+    loop = loop_steps / run_env_steps(agent, envs, loop_steps, generator)
     envs.close()
     per_transition = agent.buffer.nbytes_per_transition
     return {"acting env steps/s": acting, "updates/s": updates,

@@ -13,16 +13,15 @@ monitor, no periodic or switch checkpoints) for seeds 1..`--seeds`, each run a `
 process, `--jobs` at a time, all in the same sitting so load falls on all alike.
 
 Per strategy it prints, from each run's `charts/episodic_return` (TensorBoard events, read by
-analysis.results): the area under the learning curve (analysis.aggregate.segment_auc: the
-time-average of the piecewise-linear return curve over the task) as a ratio to the baseline's,
+analysis.study.results): the area under the learning curve (analysis.study.aggregate.segment_auc:
+the time-average of the piecewise-linear return curve over the task) as a ratio to the baseline's,
 with a 95% bootstrap CI over seeds (both sides' seeds resampled), the mean return over the last
 quarter of the steps as a ratio to the baseline's, and PASS when both ratios are >= `--threshold`
 (0.8). A strategy that at its defaults acts only at task switches (reset, shrink_perturb) has
-nothing to do on a single task and is marked so: it passes trivially. So is one whose runs give
-the baseline's returns episode for episode (same seed, same run: it never changed training in
-these steps, e.g. a schedule longer than the run). The last line sums up.
-A strategy argument is a registered name or NAME={yaml flow mapping} of settings to try.
-"""
+nothing to do on a single task and is marked so: it passes trivially. So is one whose runs give the
+baseline's returns episode for episode (same seed, same run: it never changed training in these
+steps, e.g. a schedule longer than the run). The last line sums up. A strategy argument is a
+registered name or NAME={yaml flow mapping} of settings to try. """
 
 from __future__ import annotations
 
@@ -43,10 +42,11 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agents.config import ConfigError, load_config  # noqa: E402
-from agents.plasticity.base import STRATEGIES, build_strategies  # noqa: E402
-from analysis.aggregate import RETURN_METRIC, task_scores  # noqa: E402
-from analysis.results import read_run  # noqa: E402
+from agents.errors import ConfigError  # noqa: E402
+from agents.plasticity import STRATEGIES, build_strategies  # noqa: E402
+from agents.runtime.config import load_config  # noqa: E402
+from analysis.study.aggregate import RETURN_METRIC, task_scores  # noqa: E402
+from analysis.study.results import read_run  # noqa: E402
 
 CONFIGS = {agent: ROOT / "configs" / f"minigrid_{agent}.yaml" for agent in ("ppo", "dqn")}
 BASELINE = "none"
@@ -87,7 +87,7 @@ def parse_arm(text: str) -> Arm:
 def switch_only(arm: Arm, agent: str) -> bool:
     if arm.name not in SWITCH_ONLY:
         return False
-    stack = build_strategies({arm.name: arm.settings}, agent)
+    stack = build_strategies({arm.name: arm.settings})
     return SWITCH_ONLY[arm.name](stack.strategies[0].settings)
 
 
@@ -156,7 +156,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="keep the runs here (default: a temporary "
                         "directory, removed afterwards)")
     args = parser.parse_args()
-    import agents.plasticity  # noqa: F401  (registers the catalogue)
 
     arms = [parse_arm(text) for text in (args.strategies or sorted(STRATEGIES))]
     arms = [Arm(BASELINE, BASELINE, {})] + [a for a in arms if a.name != BASELINE]

@@ -34,10 +34,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agents.config import load_config  # noqa: E402
-from agents.loop import Trainer, segment_seed  # noqa: E402
-from analysis.hessian import HessianOperator, operator_top_eigenvalues  # noqa: E402
-from analysis.monitor_metrics import loss_closure  # noqa: E402
+from agents.runtime.config import load_config  # noqa: E402
+from agents.runtime.trainer import Trainer, segment_seed  # noqa: E402
+from analysis.monitor.measure import loss_closure  # noqa: E402
+from analysis.spectral.hessian import HessianOperator, operator_top_eigenvalues  # noqa: E402
 
 K = 20
 SETTINGS = {  # name: (config, overrides, reference: "dense" or Lanczos steps in float64)

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SHELL_ENV = dict(os.environ)  # before `agents` sets GOMP_SPINCOUNT
+SHELL_ENV = dict(os.environ)  # the shell's own (GOMP_SPINCOUNT as the user set it)
 sys.path.insert(0, str(ROOT))
 
 import gymnasium as gym  # noqa: E402
@@ -36,9 +36,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from agents.config import EnvConfig, NetworkConfig  # noqa: E402
-from agents.networks import Network, make_spec  # noqa: E402
-from bench.timing import NETS, compare, step_loss  # noqa: E402
+from agents.networks import (  # noqa: E402
+    Network,
+    NetworkConfig,  # noqa: E402
+    make_spec,
+)
+from bench.timing import NETS, compare, net_layout, step_loss  # noqa: E402
+from envs.config import EnvConfig  # noqa: E402
 
 
 def show(title: str, medians: dict[str, float], unit: str = "ms") -> None:
@@ -54,7 +58,7 @@ def network(name: str, channels_last: bool = True) -> tuple[Network, torch.Tenso
     net_cfg = OmegaConf.merge(OmegaConf.structured(NetworkConfig), {"channels_last": channels_last})
     space = gym.spaces.Box(0, high, shape, np.uint8)
     torch.manual_seed(0)
-    net = Network(make_spec(net_cfg, space, {"policy": 7, "value": 1}))
+    net = Network(make_spec(net_cfg, space, {"policy": 7, "value": 1}, layout=net_layout(name)))
     return net, torch.randint(0, high + 1, (256, *shape), dtype=torch.uint8)
 
 

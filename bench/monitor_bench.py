@@ -29,12 +29,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agents.config import load_config  # noqa: E402
-from agents.logger import RunLogger  # noqa: E402
-from agents.loop import Trainer  # noqa: E402
-from analysis.hessian import HessianOperator  # noqa: E402
-from analysis.monitor import SpectralMonitor  # noqa: E402
-from analysis.monitor_metrics import loss_closure, plasticity_metrics  # noqa: E402
+from agents.runtime.config import load_config  # noqa: E402
+from agents.runtime.logger import RunLogger  # noqa: E402
+from agents.runtime.trainer import Trainer  # noqa: E402
+from analysis.monitor.measure import loss_closure, plasticity_metrics  # noqa: E402
+from analysis.monitor.observer import SpectralMonitor  # noqa: E402
+from analysis.spectral.hessian import HessianOperator  # noqa: E402
 from bench.timing import seconds_per_call  # noqa: E402
 from envs.tasks import TaskSequence  # noqa: E402
 
@@ -51,11 +51,11 @@ def timed_run(cfg, run_dir: Path):
     """Train with the monitor on; returns (wall seconds, monitor, trainer, torch threads)."""
     trainer = Trainer(cfg)
     threads = torch.get_num_threads()
-    monitor = SpectralMonitor.for_trainer(trainer)
-    trainer.listeners.append(monitor)
+    monitor = SpectralMonitor.for_agent(cfg.monitor, trainer.agent)
+    trainer.observers.append(monitor)
     logger = RunLogger(run_dir, trainer.sequence.total_steps, 1e9, io.StringIO())
     start = time.perf_counter()
-    trainer.run(logger)
+    trainer.run(logger, run_dir)
     wall = time.perf_counter() - start
     logger.close()
     return wall, monitor, trainer, threads
@@ -63,7 +63,8 @@ def timed_run(cfg, run_dir: Path):
 
 def monitored_batch(trainer, monitor):
     seed = monitor.seed_for(0, "post")
-    return monitor.subsample(monitor.fresh_batch(trainer, trainer.sequence.segment(0), seed), seed)
+    batch = monitor.fresh_batch(trainer.view, trainer.sequence.segment(0), seed)
+    return monitor.subsample(batch, seed)
 
 
 def hvp_vs_gradient_step(agent, batch, repeats: int = 10) -> tuple[float, float]:

@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agents.config import load_config  # noqa: E402
+from agents.runtime.config import load_config  # noqa: E402
 from envs.factory import EnvFactory  # noqa: E402
 from envs.recorder import ActionRecorder  # noqa: E402
 from envs.tasks import TaskSequence  # noqa: E402

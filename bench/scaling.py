@@ -25,9 +25,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import agents  # noqa: E402, F401  (GOMP_SPINCOUNT before torch loads, as in training)
-from agents.config import load_config  # noqa: E402
-from agents.train import run_training  # noqa: E402
+from agents.runtime.openmp import spin_briefly  # noqa: E402
+
+spin_briefly()  # before torch loads, as in training
+from agents.runtime.config import load_config  # noqa: E402
+from agents.runtime.launch import run_training  # noqa: E402
 from bench.throughput import training_chunk  # noqa: E402
 from bench.timing import compare  # noqa: E402
 

@@ -21,12 +21,14 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agents.config import NetworkConfig  # noqa: E402
 from agents.context import StepContext  # noqa: E402
 from agents.learner import Learner  # noqa: E402
-from agents.networks import make_spec  # noqa: E402
-from agents.plasticity.base import STRATEGIES, build_strategies  # noqa: E402
-from bench.timing import NETS, seconds_per_call, step_loss  # noqa: E402
+from agents.networks import (
+    NetworkConfig,  # noqa: E402
+    make_spec,  # noqa: E402
+)
+from agents.plasticity import STRATEGIES, build_strategies  # noqa: E402
+from bench.timing import NETS, net_layout, seconds_per_call, step_loss  # noqa: E402
 
 NETWORKS = {  # name: (network in bench.timing.NETS, gradient steps to time)
     "minigrid": ("MiniGrid CNN", 20),
@@ -35,11 +37,12 @@ NETWORKS = {  # name: (network in bench.timing.NETS, gradient steps to time)
 EVERY_STEP = {"redo": {"every_steps": 1}, "shrink_perturb": {"when": "step"}}
 
 
-def seconds_per_step(name: str | None, shape, high: int, steps: int) -> float:
+def seconds_per_step(name: str | None, net: str, steps: int) -> float:
     torch.manual_seed(0)
+    shape, high = NETS[net]
     space = gym.spaces.Box(0, high, shape, np.uint8)
     spec = make_spec(OmegaConf.structured(NetworkConfig), space, {"policy": 7, "value": 1},
-                     {"policy": 0.01, "value": 1.0})
+                     {"policy": 0.01, "value": 1.0}, layout=net_layout(net))
     plasticity = {name: EVERY_STEP.get(name, {})} if name else {}
     learner = Learner(spec, build_strategies(OmegaConf.create(plasticity)),
                       dict(agent="ppo", seed=0), 2.5e-4, 1e-5, 0.5, torch.device("cpu"))
@@ -49,7 +52,7 @@ def seconds_per_step(name: str | None, shape, high: int, steps: int) -> float:
 
     def step():
         outputs, features = learner.network(obs, return_features=True)
-        learner.optimize(StepContext(learner.ctx, obs, step_loss(outputs), outputs, features))
+        learner.optimize(StepContext(learner.ctx, obs, step_loss(outputs), features))
 
     # its warm-up call is also the step C-CHAIN needs before it has a previous network
     return seconds_per_call(step, steps)
@@ -65,15 +68,13 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown network(s) {', '.join(sorted(unknown))}")
     torch.set_num_threads(1)
-    import agents.plasticity  # noqa: F401
 
     for network in args.networks or list(NETWORKS):
         net, steps = NETWORKS[network]
-        shape, high = NETS[net]
-        base = seconds_per_step(None, shape, high, steps)
+        base = seconds_per_step(None, net, steps)
         print(f"\n{network}: plain PPO step {1000 * base:.1f} ms (batch 256, {steps} steps)")
         for name in sorted(STRATEGIES):
-            seconds = seconds_per_step(name, shape, high, steps)
+            seconds = seconds_per_step(name, net, steps)
             print(f"  {name:18s} {1000 * seconds:8.1f} ms  x{seconds / base:5.2f}", flush=True)
 
 

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SHELL_ENV = dict(os.environ)  # before `agents` sets GOMP_SPINCOUNT
+SHELL_ENV = dict(os.environ)  # the shell's own (GOMP_SPINCOUNT as the user set it)
 BREAKOUT_MODE0 = "sequence.tasks=[{env_id: ALE/Breakout-v5, kwargs: {mode: 0}}]"
 BREAKOUT = "sequence.tasks=[{env_id: ALE/Breakout-v5}]"
 DQN_BENCH = ["dqn.buffer_size=50000", "dqn.learning_starts=1000", "dqn.log_every=500",
@@ -109,24 +109,33 @@ def training_chunk(config: str, overrides: list[str], run_dir: str):
     task (a PPO rollout and update; DQN's log_every env steps) and returns its env steps."""
     import torch
 
-    from agents.config import load_config
-    from agents.logger import RunLogger
-    from agents.loop import Trainer, segment_seed
+    from agents.runtime.config import load_config
+    from agents.runtime.logger import RunLogger
+    from agents.runtime.trainer import Trainer, segment_seed
 
     cfg = load_config(config, overrides)
     trainer = Trainer(cfg)
     agent, task = trainer.agent, trainer.sequence.tasks[0]
-    agent.begin_task(trainer.env_factory.make_vector(task), segment_seed(cfg.seed, 0))
+    envs = trainer.env_factory.make_vector(task)
+    agent.begin_task(envs, segment_seed(cfg.seed, 0))
     logger = RunLogger(run_dir, trainer.sequence.total_steps, 1e9, open(os.devnull, "w"))
     generator = torch.Generator().manual_seed(cfg.seed)
-    return lambda: agent.train_iteration(10**12, logger, task.name, generator), agent
+
+    def chunk() -> int:
+        """One iteration, logged as the runtime logs it; its env steps."""
+        before = agent.ctx.global_step
+        iteration = agent.train_iteration(envs, 10**12, generator)
+        logger.episodes(iteration.episodes, task.name)
+        logger.scalars(iteration.stats, agent.ctx.global_step)
+        return agent.ctx.global_step - before
+    return chunk, agent
 
 
 def env_only_chunk(steps: int = 2048):
     """The default config's first vector env, exactly as training builds it, random actions."""
     import numpy as np
 
-    from agents.config import load_config
+    from agents.runtime.config import load_config
     from envs.factory import EnvFactory
     from envs.tasks import TaskSequence
 
@@ -153,7 +162,9 @@ def worker(side: str) -> None:
     if is_baseline(side):
         import torch  # noqa: F401  (libgomp loads with the shell's settings, as CleanRL's)
     else:
-        import agents  # noqa: F401  (our GOMP_SPINCOUNT default, set before torch loads)
+        from agents.runtime.openmp import spin_briefly
+
+        spin_briefly()  # our GOMP_SPINCOUNT default, set before torch loads
     with tempfile.TemporaryDirectory() as run_dir:
         chunk, notes = build_side(side, run_dir)
         print("ready", repr(notes), flush=True)

@@ -15,6 +15,13 @@ from collections.abc import Callable
 NETS = {"Nature CNN": ((4, 84, 84), 255), "MiniGrid CNN": ((7, 7, 3), 10)}
 
 
+def net_layout(name: str):
+    """The observation layout of a network of NETS: its env family's (imported here, late)."""
+    from envs import atari, minigrid
+
+    return {"Nature CNN": atari.LAYOUT, "MiniGrid CNN": minigrid.LAYOUT}[name]
+
+
 def step_loss(outputs: dict):
     """A loss of both heads, shaped like PPO's, for timing a gradient step."""
     return (outputs["value"] - 1).pow(2).mean() - outputs["policy"].log_softmax(-1).mean()

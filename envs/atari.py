@@ -9,14 +9,16 @@ Two backends give the same observation layout (frame_stack, 84, 84) uint8:
 
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, cached_property
 
 import ale_py
 import gymnasium as gym
 import numpy as np
 from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
 
-from agents.config import ConfigError
+from agents.errors import ConfigError
+from envs.families import EnvFamily, register_env_family, sync_vector_env
+from envs.info import ObservationLayout
 from envs.tasks import TaskSpec
 from envs.wrappers import FireReset, apply_shifts
 
@@ -24,6 +26,8 @@ gym.register_envs(ale_py)
 ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)  # no banner on stderr
 
 FULL_ACTION_SPACE = 18
+LAYOUT = ObservationLayout(image=True, channels_last=False, arch="nature_cnn",
+                           input_scale=1 / 255)  # (frame_stack, 84, 84) uint8 frames
 
 
 @cache
@@ -112,11 +116,31 @@ def make_vector(task: TaskSpec, env_cfg, num_envs: int, full_action_space: bool)
             reward_clipping=False, use_fire_reset=env_cfg.fire_reset,
             max_num_frames_per_episode=env_cfg.max_episode_frames,
         )
-    return gym.vector.SyncVectorEnv(
-        [lambda: make_single(task, env_cfg, full_action_space) for _ in range(num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
+    return sync_vector_env(lambda: make_single(task, env_cfg, full_action_space), num_envs)
 
 
-def reward_transform(env_cfg):
-    return np.sign if env_cfg.clip_rewards else None
+@register_env_family("atari", prefixes=("ALE/",))
+class AtariFamily(EnvFamily):
+    """This module's functions, with the sequence's action space (benchmarks call them directly)."""
+
+    observation_layout = LAYOUT
+
+    @cached_property
+    def full_action_space(self) -> bool:
+        """Sequence-wide: the full 18 actions for every game when the sequence's games differ."""
+        return full_action_space_needed(self.tasks, self.env_cfg)
+
+    def check(self, task: TaskSpec) -> None:
+        check_task(task)
+
+    def make_single(self, task: TaskSpec) -> gym.Env:
+        return make_single(task, self.env_cfg, self.full_action_space)
+
+    def make_vector(self, task: TaskSpec, num_envs: int):
+        return make_vector(task, self.env_cfg, num_envs, self.full_action_space)
+
+    def reward_transform(self):
+        return np.sign if self.env_cfg.clip_rewards else None
+
+    def frames_per_stack(self, task: TaskSpec) -> int:
+        return self.env_cfg.frame_stack if task.permute_obs is None else 1  # permuted: no stack

@@ -1,14 +1,21 @@
-"""Builds the vector env of each task and checks that a sequence's tasks are compatible."""
+"""Builds the vector env of each task through its family and checks that a sequence's tasks are
+compatible; `info` is what an agent may know of them."""
 
 from __future__ import annotations
 
 import gymnasium as gym
 from gymnasium.wrappers.vector import RecordEpisodeStatistics
 
-from agents.config import ConfigError
-from envs import atari, minigrid
+from agents.errors import ConfigError
+from envs.families import EnvFamily, family_for
+from envs.info import EnvInfo, ObservationLayout
 from envs.tasks import TaskSequence, TaskSpec
-from envs.wrappers import apply_shifts
+
+
+def agreed(values, default):
+    """The value all give, or `default` where they differ."""
+    distinct = set(values)
+    return distinct.pop() if len(distinct) == 1 else default
 
 
 class EnvFactory:
@@ -17,44 +24,33 @@ class EnvFactory:
     def __init__(self, env_cfg, sequence: TaskSequence):
         self.env_cfg = env_cfg
         self.sequence = sequence
+        by_family: dict[type[EnvFamily], list[TaskSpec]] = {}
         for task in sequence.tasks:
-            self._check(task)
-        atari_tasks = [t for t in sequence.tasks if t.family == "atari"]
-        self.full_action_space = atari.full_action_space_needed(atari_tasks, env_cfg)
+            by_family.setdefault(family_for(task.env_id), []).append(task)
+        self.families = {cls: cls(env_cfg, tasks) for cls, tasks in by_family.items()}
+        for task in sequence.tasks:
+            self.family(task).check(task)
         self.observation_space, self.action_space = self._common_spaces()
+        self.info = EnvInfo(
+            self.observation_space, self.action_space, self._common_layout(),
+            reward_transform=agreed((f.reward_transform() for f in self.families.values()),
+                                    default=None),
+            replay_frame_stack=self._replay_frame_stack(),
+        )
 
-    def _check(self, task: TaskSpec) -> None:
-        if task.family == "atari":
-            atari.check_task(task)
-        elif task.family == "minigrid":
-            minigrid.check_task(task)
-        elif task.env_id not in gym.registry:
-            raise ConfigError(f"unknown env '{task.env_id}' (MiniGrid-*, ALE/* or a gymnasium id)")
+    def family(self, task: TaskSpec) -> EnvFamily:
+        return self.families[family_for(task.env_id)]
 
     def make_single(self, task: TaskSpec) -> gym.Env:
-        if task.family == "atari":
-            return atari.make_single(task, self.env_cfg, self.full_action_space)
-        if task.family == "minigrid":
-            return minigrid.make_single(task)
-        return apply_shifts(gym.make(task.env_id, **task.kwargs), task)
+        return self.family(task).make_single(task)
 
     def make_vector(self, task: TaskSpec, num_envs: int | None = None):
         """A vector env (SAME_STEP autoreset) recording raw episodic returns; reset it seeded."""
-        num_envs = num_envs or self.env_cfg.num_envs
-        if task.family == "atari":
-            envs = atari.make_vector(task, self.env_cfg, num_envs, self.full_action_space)
-        elif task.family == "minigrid":
-            envs = minigrid.make_vector(task, num_envs)
-        else:
-            envs = gym.vector.SyncVectorEnv(
-                [lambda: self.make_single(task) for _ in range(num_envs)],
-                autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-            )
-        return RecordEpisodeStatistics(envs)
+        return RecordEpisodeStatistics(
+            self.family(task).make_vector(task, num_envs or self.env_cfg.num_envs))
 
     def reward_transform(self):
-        families = {t.family for t in self.sequence.tasks}
-        return atari.reward_transform(self.env_cfg) if families == {"atari"} else None
+        return self.info.reward_transform
 
     def _common_spaces(self):
         spaces = []
@@ -72,3 +68,17 @@ class EnvFactory:
         if not isinstance(act0, gym.spaces.Discrete):
             raise ConfigError(f"only discrete action spaces are supported, got {act0}")
         return obs0, act0
+
+    def _common_layout(self) -> ObservationLayout:
+        layouts = {cls.name: cls.layout(self.observation_space) for cls in self.families}
+        if len(set(layouts.values())) > 1:
+            raise ConfigError(f"the tasks' env families lay out their observations differently "
+                              f"({layouts}): every task of a sequence needs the same")
+        return next(iter(layouts.values()))
+
+    def _replay_frame_stack(self) -> int:
+        """Frames a replay buffer may store once: every task's stack, if they agree and the
+        observations really are stacks of them (first axis)."""
+        stack = agreed((self.family(t).frames_per_stack(t) for t in self.sequence.tasks),
+                       default=1)
+        return stack if stack > 1 and self.observation_space.shape[:1] == (stack,) else 1

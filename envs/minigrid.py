@@ -5,9 +5,14 @@ from __future__ import annotations
 import gymnasium as gym
 import minigrid  # noqa: F401  (registers the MiniGrid-* ids)
 
-from agents.config import ConfigError
+from agents.errors import ConfigError
+from envs.families import EnvFamily, make_registered, register_env_family
+from envs.info import ObservationLayout
 from envs.tasks import TaskSpec
 from envs.wrappers import apply_shifts
+
+# HWC views whose cells hold small integer codes (object <= 10, colour <= 5, state <= 2).
+LAYOUT = ObservationLayout(image=True, channels_last=True, arch="minigrid_cnn", input_scale=0.1)
 
 
 class ImageObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
@@ -23,22 +28,14 @@ class ImageObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
         return observation["image"]
 
 
-def check_task(task: TaskSpec) -> None:
-    if task.env_id not in gym.registry:
-        known = sorted(k for k in gym.registry if k.startswith("MiniGrid-"))
-        raise ConfigError(f"unknown MiniGrid env '{task.env_id}' (known: {', '.join(known)})")
+@register_env_family("minigrid", prefixes=("MiniGrid-",))
+class MiniGridFamily(EnvFamily):
+    observation_layout = LAYOUT
 
+    def check(self, task: TaskSpec) -> None:
+        if task.env_id not in gym.registry:
+            known = sorted(k for k in gym.registry if k.startswith(self.prefixes))
+            raise ConfigError(f"unknown MiniGrid env '{task.env_id}' (known: {', '.join(known)})")
 
-def make_single(task: TaskSpec) -> gym.Env:
-    try:
-        env = gym.make(task.env_id, **task.kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"task '{task.name}': bad kwargs for {task.env_id}: {exc}") from None
-    return apply_shifts(ImageObservation(env), task)
-
-
-def make_vector(task: TaskSpec, num_envs: int):
-    return gym.vector.SyncVectorEnv(
-        [lambda: make_single(task) for _ in range(num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
+    def make_single(self, task: TaskSpec) -> gym.Env:
+        return apply_shifts(ImageObservation(make_registered(task)), task)

@@ -8,7 +8,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from agents.config import ConfigError
+from agents.errors import ConfigError
+from envs.families import family_for
 
 
 @dataclass(frozen=True)
@@ -25,13 +26,12 @@ class TaskSpec:
 
     @property
     def family(self) -> str:
-        return "minigrid" if self.env_id.startswith("MiniGrid") else (
-            "atari" if self.env_id.startswith("ALE/") else "gymnasium"
-        )
+        """The name of the task's env family (envs/families.py): minigrid, atari, gymnasium..."""
+        return family_for(self.env_id).name
 
 
 def default_task_name(task: TaskSpec) -> str:
-    base = task.env_id.removeprefix("ALE/").removeprefix("MiniGrid-")
+    base = family_for(task.env_id).short_name(task.env_id)
     parts = [base] + [f"{k}{v}" for k, v in sorted(task.kwargs.items())]
     if task.permute_obs is not None:
         parts.append(f"pobs{task.permute_obs}")
@@ -46,7 +46,6 @@ class Segment:
 
     index: int  # position in the schedule (what charts/task_index logs)
     task: TaskSpec
-    task_id: int  # index of the task in the sequence's task list
     cycle: int
     start: int
     end: int
@@ -96,9 +95,8 @@ class TaskSequence:
         return [i * self.switch_every for i in range(1, len(self.schedule))]
 
     def segment(self, index: int) -> Segment:
-        task_id = self.schedule[index]
         start = index * self.switch_every
-        return Segment(index, self.tasks[task_id], task_id, index // len(self.tasks),
+        return Segment(index, self.tasks[self.schedule[index]], index // len(self.tasks),
                        start, start + self.switch_every)
 
     def segment_at(self, step: int) -> Segment:

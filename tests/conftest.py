@@ -13,7 +13,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 @pytest.fixture
 def tiny_cfg(tmp_path):
     """The tiny config, writing into a temporary runs root."""
-    from agents.config import load_config
+    from agents.runtime.config import load_config
 
     def make(*overrides, path="tiny.yaml"):
         return load_config(path, [f"runs_root={tmp_path / 'runs'}", "print_every=1000",

@@ -2,10 +2,10 @@
 
 import os
 
-from agents.loop import Listener
+from agents.run_view import Observer
 
 
-class Signals(Listener):
+class Signals(Observer):
     """Sends this process each of `signums` after the first iteration that reaches `step`."""
 
     def __init__(self, step: int, *signums: int):

@@ -7,11 +7,11 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from agents.config import NetworkConfig
 from agents.context import StepContext
 from agents.learner import Learner
-from agents.networks import make_spec
-from agents.plasticity.base import build_strategies
+from agents.networks import NetworkConfig, make_spec
+from agents.plasticity import build_strategies
+from envs import minigrid
 
 SPACES = {
     "mlp": gym.spaces.Box(-1, 1, (6,), np.float32),
@@ -27,8 +27,10 @@ def make_learner(plasticity: dict, arch: str = "mlp", agent: str = "ppo", lr: fl
     space = SPACES[arch]
     net_cfg = OmegaConf.merge(OmegaConf.structured(NetworkConfig),
                               {"hidden_sizes": [16, 12], "width": 0.5 if arch == "cnn" else 1})
-    spec = make_spec(net_cfg, space, {"policy": 4, "value": 1}, {"policy": 0.01, "value": 1.0})
-    learner = Learner(spec, build_strategies(OmegaConf.create(plasticity), agent),
+    layout = minigrid.LAYOUT if arch == "cnn" else None
+    spec = make_spec(net_cfg, space, {"policy": 4, "value": 1}, {"policy": 0.01, "value": 1.0},
+                     layout)
+    learner = Learner(spec, build_strategies(OmegaConf.create(plasticity)),
                       dict(agent=agent, seed=seed), lr, 1e-8, None, torch.device("cpu"))
     learner.obs = observations(arch, batch, seed)
     learner.ctx.sample_obs = lambda n, generator: learner.obs[:n]
@@ -51,7 +53,7 @@ def step_context(learner: Learner, obs=None, loss_fn=None) -> StepContext:
         loss = sum(o.sum() for o in outputs.values()) * 0.0
     else:
         loss = loss_fn(outputs)
-    return StepContext(learner.ctx, obs, loss, outputs, features)
+    return StepContext(learner.ctx, obs, loss, features)
 
 
 def optimize(learner: Learner, steps: int = 1, loss_fn=None) -> None:

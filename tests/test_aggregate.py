@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import scipy.stats
 
-from analysis.aggregate import (
+from analysis.study.aggregate import (
     SEGMENT_KEYS,
     aggregate_with_ci,
     epsilon_selection,
@@ -20,12 +20,13 @@ from analysis.aggregate import (
     stratified_bootstrap_ci,
     task_scores,
 )
-from analysis.results import TIDY_COLUMNS
+from analysis.study.results import TIDY_COLUMNS
 
 
 def tidy_rows(points, run="r1", strategy_set="l2", seed=1, tasks=("A", "B"), metric=None,
               switch_every=100):
-    """Tidy-table rows of one run for (step, value) points, schedule as in analysis.results."""
+    """Tidy-table rows of one run for (step, value) points, scheduled as analysis.study.results
+    does."""
     rows = []
     for step, value in points:
         task_index = step // switch_every

@@ -5,7 +5,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from agents.checkpoint import FORMAT, VERSION
+from agents.runtime.checkpoints import FORMAT, VERSION
 
 CONFIG_CASES = [
     (["env.num_envs=-4"], "env.num_envs must be a positive integer, got -4"),
@@ -22,7 +22,7 @@ CONFIG_CASES = [
     (["checkpoint.every=-1"], "checkpoint.every must be >= 0 (0: only at switches and the end)"),
     (["checkpoint.keep_last=0"], "checkpoint.keep_last must be a positive integer, got 0"),
     (["checkpoint.save_replay=maybe"], "checkpoint.save_replay: Value 'maybe'"),
-    (["agent=sac"], "agent: 'sac' is not one of ppo, dqn"),
+    (["agent=sac"], "agent: 'sac' is not one of dqn, ppo"),
     (["plasticity.nope={}"], "plasticity.nope: unknown strategy 'nope' (known: adamo, c_chain"),
     (["plasticity.redo.treshold=0.1"], "plasticity.redo.treshold: unknown setting (settings: "
                                        "threshold, every_steps, batch_size)"),
@@ -58,7 +58,7 @@ def test_missing_config_file(tmp_path, assert_one_line_exit_2):
 @pytest.fixture
 def run_dirs(tmp_path):
     """Run directories in the states a resume can find them: no checkpoint, a corrupt one."""
-    from agents.config import load_config
+    from agents.runtime.config import load_config
 
     config = OmegaConf.to_yaml(load_config("tiny.yaml"))
     dirs = {}
@@ -101,7 +101,7 @@ def test_bad_resume_or_checkpoint(argv, message, run_dirs, assert_one_line_exit_
 
 
 def test_resuming_a_run_that_another_process_trains_is_refused(run_dirs, assert_one_line_exit_2):
-    from agents.run import run_lock
+    from agents.runtime.run_dir import run_lock
 
     with run_lock(run_dirs / "corrupt"):  # as the live training process holds it
         assert_one_line_exit_2(["train", "--resume", str(run_dirs / "corrupt")],

@@ -9,20 +9,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agents.config import ConfigError
-from agents.loop import Listener
-from agents.plasticity.base import strategy_set_name
-from agents.run import write_status
-from analysis import bench as bench_module
-from analysis.bench import RunLog, main, plan, run_bench, run_cell, summarize
-from analysis.bench_config import (
+from agents.errors import ConfigError
+from agents.plasticity import strategy_set_name
+from agents.run_view import Observer
+from agents.runtime.run_dir import write_status
+from analysis.study import grid as bench_module
+from analysis.study.executors import SerialExecutor
+from analysis.study.grid import RunLog, main, plan, run_bench, run_cell, summarize
+from analysis.study.grid_config import (
     BENCH_DIR,
     REFERENCE,
     REFERENCE_PLASTICITY,
     check_cells,
     load_bench,
 )
-from analysis.executors import SerialExecutor
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -137,7 +137,7 @@ def test_dry_run_lists_the_cells_and_writes_nothing(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-class CrashAfterFirstUpdate(Listener):
+class CrashAfterFirstUpdate(Observer):
     def after_iteration(self, trainer):
         raise RuntimeError("boom")
 
@@ -149,7 +149,7 @@ def test_a_crash_is_recorded_the_others_finish_and_a_rerun_resumes(tmp_path, mon
     train = bench_module.run_training
     crash = {2}  # seeds that crash, on the first attempt only
     monkeypatch.setattr(bench_module, "run_training", lambda cfg, stream: train(
-        cfg, listeners=[CrashAfterFirstUpdate()] if cfg.seed in crash else [], stream=stream))
+        cfg, observers=[CrashAfterFirstUpdate()] if cfg.seed in crash else [], stream=stream))
     out = io.StringIO()
 
     results = {r.label: r for r in run_bench(bench, SerialExecutor(), out)}

@@ -8,12 +8,13 @@ import yaml
 from run_dirs import markdown_table
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from agents.config import ConfigError
+from agents.errors import ConfigError
 from agents.plasticity.base import STRATEGIES
-from analysis import bench, report
-from analysis.aggregate import REFERENCE, segment_auc
-from analysis.executors import RayExecutor
-from analysis.report_tables import number
+from analysis.study import grid as bench
+from analysis.study import report
+from analysis.study.aggregate import REFERENCE, segment_auc
+from analysis.study.executors import RayExecutor
+from analysis.study.report_tables import number
 
 ray = pytest.importorskip("ray")
 SWITCH_EVERY = 1024  # the tiny config's

@@ -11,14 +11,20 @@ import numpy as np
 import pytest
 import torch
 
-import agents.checkpoint as checkpoint
-from agents.checkpoint import FORMAT, VERSION, CheckpointError, atomic_save, load_checkpoint
+import agents.runtime.checkpoints as checkpoint
+from agents.runtime.checkpoints import (
+    FORMAT,
+    VERSION,
+    CheckpointError,
+    atomic_save,
+    load_checkpoint,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
 WRITER = """
 import sys, torch
-from agents.checkpoint import atomic_save
+from agents.runtime.checkpoints import atomic_save
 path = sys.argv[1]
 atomic_save({"format": "pliable-checkpoint", "version": 1, "x": torch.arange(3.0)}, path)
 print("first written", flush=True)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from training import train_once
 
-from agents.loop import Trainer
+from agents.runtime.trainer import Trainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 

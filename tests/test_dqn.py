@@ -16,9 +16,11 @@ import torch.nn.functional as F
 from gymnasium.wrappers.vector import RecordEpisodeStatistics
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from agents.config import ConfigError, load_config
 from agents.dqn import DQN, ReplayBatch
+from agents.errors import ConfigError
 from agents.plasticity.base import StrategyStack
+from agents.runtime.config import load_config
+from envs.info import EnvInfo, ObservationLayout
 
 ROOT = Path(__file__).resolve().parent.parent
 EPISODE_END = 4  # CounterEnv episodes end when t reaches 4
@@ -61,25 +63,32 @@ def counter_envs(num_envs, **kwargs):
 
 
 class RecordingLogger:
+    """What the runtime would log of each iteration: episode returns and stats, by step."""
+
     def __init__(self):
         self.logged, self.returns = [], []
 
-    def episodes(self, info, step, task_name):
-        if "episode" in info:
-            self.returns += [(step, r) for r in info["episode"]["r"][info["_episode"]]]
+    def record(self, iteration, step):
+        self.returns += [(episode.step, episode.ret) for episode in iteration.episodes]
+        self.logged.append((step, {k: float(v) for k, v in iteration.stats.items()}))
 
-    def scalars(self, values, step):
-        self.logged.append((step, {k: float(v) for k, v in values.items()}))
+
+LIVE_ENVS = {}  # agent -> the envs its task runs on (the runtime's, in training)
+
+
+def begin(agent, envs, seed):
+    agent.begin_task(envs, seed)
+    LIVE_ENVS[agent] = envs
 
 
 def make_agent(tiny_cfg, *overrides, num_envs=2, reward_transform=None):
     cfg = tiny_cfg(f"env.num_envs={num_envs}", *overrides, path="tiny_dqn.yaml")
     torch.manual_seed(cfg.seed)
     envs = counter_envs(num_envs)
-    agent = DQN(cfg, envs.single_observation_space, envs.single_action_space,
-                StrategyStack([]), torch.device("cpu"), reward_transform,
-                total_steps=cfg.sequence.switch_every * len(cfg.sequence.tasks))
-    agent.begin_task(envs, seed=0)
+    info = EnvInfo(envs.single_observation_space, envs.single_action_space,
+                   ObservationLayout(), reward_transform, replay_frame_stack=1)
+    agent = DQN(cfg, info, StrategyStack([]), torch.device("cpu"))
+    begin(agent, envs, seed=0)
     return agent
 
 
@@ -88,7 +97,8 @@ def run_steps(agent, env_steps, logger=None, generator=None):
     logger = logger or RecordingLogger()
     generator = generator or torch.Generator().manual_seed(0)
     for _ in range(env_steps // agent.num_envs):
-        agent.train_iteration(agent.num_envs, logger, "task", generator)
+        iteration = agent.train_iteration(LIVE_ENVS[agent], agent.num_envs, generator)
+        logger.record(iteration, agent.ctx.global_step)
     return logger
 
 
@@ -146,7 +156,7 @@ def test_task_switch_cuts_n_step_windows_and_resyncs_the_target(tiny_cfg):
     perturb(agent.network)
     # The new task continues the obs chain exactly ([2, 1]) with ten times the rewards: only the
     # switch itself may stop n-step windows there.
-    agent.begin_task(counter_envs(2, start=2, first_episode=1, scale=10.0), seed=1)
+    begin(agent, counter_envs(2, start=2, first_episode=1, scale=10.0), seed=1)
     assert all(torch.equal(a, b) for a, b in zip(agent.network.parameters(),
                                                  agent.target_network.parameters()))
     run_steps(agent, 2 * 5)  # [2, 1], [3, 1] end episode 1; then [0, 2] .. [2, 2]
@@ -174,7 +184,7 @@ def test_flushing_the_buffer_restarts_learning_starts(tiny_cfg):
     run_steps(agent, 48)
     assert agent.ctx.update_count == 5  # train steps at 32, 36, ..., 48
     target_before = [p.clone() for p in agent.target_network.parameters()]
-    agent.begin_task(counter_envs(4), seed=1)
+    begin(agent, counter_envs(4), seed=1)
     assert agent.buffer.filled.sum() == 0
     assert all(torch.equal(a, b) for a, b in zip(target_before,
                                                  agent.target_network.parameters()))
@@ -194,7 +204,7 @@ def test_epsilon_follows_the_schedule(tiny_cfg, restart, monkeypatch):
     act = agent.act
     monkeypatch.setattr(agent, "act", lambda obs, eps, gen: seen.append(eps) or act(obs, eps, gen))
     run_steps(agent, 64)
-    agent.begin_task(counter_envs(8), seed=1)
+    begin(agent, counter_envs(8), seed=1)
     run_steps(agent, 32)
     if restart:  # steps 0, 8, ...: 1 - 0.8·t/16 within each task
         expected = [1.0, 0.6, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 1.0, 0.6, 0.2, 0.2]

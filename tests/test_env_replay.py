@@ -5,7 +5,7 @@ wrappers around a mode or a permutation)."""
 import numpy as np
 import pytest
 
-from agents.config import load_config
+from agents.runtime.config import load_config
 from envs.factory import EnvFactory
 from envs.recorder import ActionRecorder
 from envs.tasks import TaskSequence

@@ -6,12 +6,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from agents.config import EnvConfig, NetworkConfig
-from agents.learner import adam_factory
-from agents.loop import Trainer
-from agents.networks import Network, make_spec
+from agents.adam import adam_factory
+from agents.networks import Network, NetworkConfig, make_spec
 from agents.ppo import log_prob_and_entropy, sample_categorical
-from envs import atari
+from agents.runtime.trainer import Trainer
+from envs import atari, minigrid
+from envs.config import EnvConfig
 from envs.tasks import TaskSpec
 
 
@@ -45,22 +45,26 @@ def test_ale_vector_env_gives_the_gymnasium_pipelines_frames(game, min_episodes)
     plain.close()
 
 
-def twin_networks(shape, high):
-    """The same initial weights in the NCHW and the NHWC (channels_last) layout."""
+FRAMES = ((4, 84, 84), 255, atari.LAYOUT)  # shape, highest value, observation layout
+GRID = ((7, 7, 3), 10, minigrid.LAYOUT)
+
+
+def twin_networks(shape, high, layout):
+    """The same initial weights in the NCHW and the NHWC (channels_last) memory layout."""
     space = gym.spaces.Box(0, high, shape, np.uint8)
     nets = []
     for channels_last in (False, True):
         cfg = OmegaConf.merge(OmegaConf.structured(NetworkConfig), {"channels_last": channels_last})
         torch.manual_seed(0)
-        nets.append(Network(make_spec(cfg, space, {"policy": 6, "value": 1})))
+        nets.append(Network(make_spec(cfg, space, {"policy": 6, "value": 1}, layout=layout)))
     obs = torch.randint(0, high + 1, (32, *shape), dtype=torch.uint8,
                         generator=torch.Generator().manual_seed(1))
     return nets, obs
 
 
-@pytest.mark.parametrize("shape, high", [((4, 84, 84), 255), ((7, 7, 3), 10)])
-def test_channels_last_matches_the_default_layout(shape, high):
-    nets, obs = twin_networks(shape, high)
+@pytest.mark.parametrize("shape, high, layout", [FRAMES, GRID])
+def test_channels_last_matches_the_default_layout(shape, high, layout):
+    nets, obs = twin_networks(shape, high, layout)
     layouts, results = [], []
     for net in nets:  # SGD: Adam's first steps would magnify round-off in near-zero gradients
         optimizer = torch.optim.SGD(net.parameters(), lr=1e-2)
@@ -84,7 +88,7 @@ def test_channels_last_matches_the_default_layout(shape, high):
 def test_learners_fused_adam_matches_the_per_tensor_adam():
     """The learner's fused Adam takes the steps of torch's per-tensor loop (its CPU default) to
     round-off, gradients of every scale included."""
-    (net, twin), _ = twin_networks((7, 7, 3), 10)
+    (net, twin), _ = twin_networks(*GRID)
     twin.load_state_dict(net.state_dict())
     initial = [p.detach().clone() for p in net.parameters()]
     fast = adam_factory(1e-3, 1e-5)(net.parameters())
@@ -112,7 +116,7 @@ def runs_onednn_convolutions(net, obs, act: bool) -> bool:
 def test_acting_on_tiny_images_matches_the_onednn_forward(batch, native):
     """Network.act runs a few MiniGrid views through torch's native convolutions (oneDNN's
     fixed cost dominates there): the same outputs as the oneDNN forward, to round-off."""
-    (_, net), obs = twin_networks((7, 7, 3), 10)
+    (_, net), obs = twin_networks(*GRID)
     obs = obs[:batch]
     with torch.no_grad():
         plain = net(obs)

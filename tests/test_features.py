@@ -2,11 +2,12 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from analysis.features import (
+from analysis.spectral.features import (
     active_fraction,
     dormant_mask,
     dormant_ratio,
@@ -18,8 +19,9 @@ from analysis.features import (
     ntk_rank,
     srank,
     stable_rank,
-    unit_scores,
 )
+from analysis.spectral.ranks import entropy_effective_rank
+from analysis.spectral.units import unit_scores
 
 
 def orthonormal_columns(rows: int, cols: int, seed: int) -> torch.Tensor:
@@ -156,3 +158,18 @@ def test_metrics_leave_the_model_untouched():
     assert model.training
     for name, p in model.named_parameters():
         assert p.grad is None and torch.equal(p, before[name])
+
+
+def test_one_effective_rank_formula_for_tensors_arrays_and_losses():
+    values = [3.0, 1.0, 0.0, 0.5]
+    p = torch.tensor([3.0, 1.0, 0.5], dtype=torch.float64) / 4.5
+    expected = math.exp(-(p * p.log()).sum())
+    as_tensor = entropy_effective_rank(torch.tensor(values, dtype=torch.float64))
+    as_array = entropy_effective_rank(np.array(values))
+    assert isinstance(as_array, np.floating) and float(as_tensor) == pytest.approx(expected)
+    assert float(as_array) == pytest.approx(expected)
+    assert float(entropy_effective_rank(np.zeros(3))) == 0.0  # metrics: no mass, no rank
+    zeros = torch.zeros(3, requires_grad=True)
+    floored = entropy_effective_rank(zeros, floor=1e-12)  # a loss: finite, and a finite gradient
+    (grad,) = torch.autograd.grad(floored, zeros)
+    assert floored.item() == 1.0 and torch.isfinite(grad).all()

@@ -71,7 +71,7 @@ class ExtrasRecorder(Strategy):
 
 @pytest.mark.parametrize("coefs,equal", [(("ppo.ent_coef=0", "ppo.vf_coef=0"), True), ((), False)])
 def test_ppo_names_its_clipped_surrogate_as_the_policy_loss(coefs, equal, tmp_path, monkeypatch):
-    from agents.config import load_config
+    from agents.runtime.config import load_config
     monkeypatch.setitem(STRATEGIES, "extras_recorder", ExtrasRecorder)
     cfg = load_config("tiny.yaml", ["plasticity.extras_recorder={}", "ppo.num_steps=8",
                                     "ppo.update_epochs=1", "sequence.switch_every=64",

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from analysis.hessian import (
+from analysis.spectral.hessian import (
     GGNOperator,
     HessianOperator,
     SymmetricOperator,
@@ -339,7 +339,7 @@ def test_he2025_eps_rank_on_known_spectra():
 
 def test_he2025_draws_of_unequal_length_are_told_apart(monkeypatch):
     """A probe whose Krylov space ran out yields fewer nodes: equal blocks would mix draws."""
-    import analysis.hessian as hessian
+    import analysis.spectral.hessian as hessian
 
     first, second = np.array([-1.0, 0.0, 2.0, 6.0]), np.array([0.5, 3.0])
     nodes = np.r_[first, second]

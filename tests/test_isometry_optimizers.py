@@ -9,12 +9,12 @@ from scipy.special import erfi
 from strategy_helpers import make_learner, optimize, value_loss
 from torch import nn
 
-from agents.config import ConfigError
-from agents.loop import Trainer
-from agents.plasticity.base import build_strategies
+from agents.errors import ConfigError
+from agents.plasticity import build_strategies
 from agents.plasticity.isometry import gram_deviation, isometry_gap
 from agents.plasticity.optimizers import AdamO, TracTuner
 from agents.plasticity.regularizers import as_matrix
+from agents.runtime.trainer import Trainer
 
 
 def linear(out_features, in_features, gain=1.0):

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from analysis.kfac import kfac_factors
+from analysis.spectral.kfac import kfac_factors
 
 
 def squared_error(targets):

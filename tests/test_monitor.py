@@ -11,23 +11,26 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from agents.config import ConfigError, load_config, preset_overrides, to_yaml
-from agents.loop import AGENTS, Listener, Trainer
+from agents.catalogue import AGENTS
+from agents.errors import ConfigError
 from agents.networks import Network, NetworkSpec, nature_cnn
 from agents.ppo import log_prob_and_entropy
-from agents.train import run_training
-from analysis.bench_config import load_bench
-from analysis.features import ntk_rank
-from analysis.hessian import eps_rank_he2025, flatten_params, unflatten_params
-from analysis.monitor import SpectralMonitor
-from analysis.monitor_metrics import (
+from agents.run_view import Observer
+from agents.runtime.config import load_config, preset_overrides, to_yaml
+from agents.runtime.launch import run_training
+from agents.runtime.trainer import Trainer
+from analysis.monitor.measure import (
     Measurement,
     eps_rank_rel,
     heads_output_fn,
     measure_spectrum,
     plasticity_metrics,
 )
-from analysis.monitor_outputs import density_figure
+from analysis.monitor.observer import SpectralMonitor
+from analysis.monitor.outputs import density_figure
+from analysis.spectral.features import ntk_rank
+from analysis.spectral.hessian import eps_rank_he2025, flatten_params, unflatten_params
+from analysis.study.grid_config import load_bench
 
 TINY = {"ppo": "tiny.yaml", "dqn": "tiny_dqn.yaml"}  # the agent's own tiny config
 SHORT = ("sequence.switch_every=512", "ppo.num_steps=32")
@@ -40,7 +43,7 @@ CARTPOLE = ("sequence.tasks=[{env_id: CartPole-v1}]", "network.arch=mlp",
             "monitor.lanczos_steps=100", "monitor.trace_probes=30")
 
 
-class FinalState(Listener):
+class FinalState(Observer):
     def on_run_end(self, trainer):
         self.params = {k: v.clone() for k, v in trainer.agent.network.state_dict().items()}
         self.optimizer = copy.deepcopy(trainer.agent.learner.optimizer.state_dict())
@@ -209,9 +212,9 @@ def test_files_tags_and_console_hold_the_computed_values(agent, tiny_cfg, tmp_pa
 
     # The first post measurement, recomputed from scratch: the same seed gives the same init.
     trainer = Trainer(cfg)
-    monitor = SpectralMonitor.for_trainer(trainer)
+    monitor = SpectralMonitor.for_agent(cfg.monitor, trainer.agent)
     seed = monitor.seed_for(0, "post")
-    batch = monitor.subsample(monitor.fresh_batch(trainer, trainer.sequence.segment(0), seed),
+    batch = monitor.subsample(monitor.fresh_batch(trainer.view, trainer.sequence.segment(0), seed),
                               seed)
     again = measure_spectrum(trainer.agent, batch, cfg.monitor, seed)
     saved = np.load(run_dir / "spectra" / "switch_000_post.npz")
@@ -282,14 +285,6 @@ def test_eps_rank_rel_is_exact_within_the_top_k_and_estimated_beyond():
     assert eps_rank_rel(saturated, nodes, weights, 0.01, dim=10) == 4
 
 
-class QuietLogger:
-    """What `train_iteration` logs to, discarded."""
-
-    def episodes(self, *args) -> None: ...
-
-    def scalars(self, *args) -> None: ...
-
-
 def new_log_probs(agent, batch) -> torch.Tensor:
     """The policy's log-probabilities of the batch's actions through the loss's own forward."""
     params = dict(agent.network.named_parameters())
@@ -312,10 +307,10 @@ def test_pre_measures_a_fresh_batch_with_ratio_one_or_the_stale_last_one(network
     agent, segment = trainer.agent, trainer.sequence.segment(0)
     envs = trainer.env_factory.make_vector(segment.task)
     agent.begin_task(envs, seed=0)
-    agent.train_iteration(segment.end, QuietLogger(), segment.task.name, trainer.generator)
-    monitor = SpectralMonitor.for_trainer(trainer)
+    agent.train_iteration(envs, segment.end, trainer.generator)
+    monitor = SpectralMonitor.for_agent(cfg.monitor, trainer.agent)
     seed = monitor.seed_for(1, "pre")
-    batch = monitor.pre_batch(trainer, segment, seed)
+    batch = monitor.pre_batch(trainer.view, segment, seed)
     assert batch is not agent.last_batch and len(batch) >= 64
     batch = monitor.subsample(batch, seed)
     new = new_log_probs(agent, batch)
@@ -326,7 +321,7 @@ def test_pre_measures_a_fresh_batch_with_ratio_one_or_the_stale_last_one(network
     forward = lambda obs: agent.network(obs, return_features=True)  # noqa: E731
     assert float(agent.loss(batch, forward)[1]["losses/clipfrac"]) == 0.0
     # Measured again, the same seed gives the same batch: its own seed, not the envs'.
-    again = monitor.subsample(monitor.pre_batch(trainer, segment, seed), seed)
+    again = monitor.subsample(monitor.pre_batch(trainer.view, segment, seed), seed)
     assert torch.equal(again.obs, batch.obs) and torch.equal(again.actions, batch.actions)
 
     last = SpectralMonitor(tiny_cfg("monitor.pre_batch=last", *extra).monitor, 1 << 20)
@@ -346,8 +341,8 @@ def test_dqn_pre_on_a_fresh_batch_is_its_td_loss_on_new_transitions(tiny_cfg):
     last = SpectralMonitor(tiny_cfg("monitor.pre_batch=last", path="tiny_dqn.yaml").monitor,
                            1 << 20)
     assert last.pre_batch(trainer, segment, 1) is None
-    monitor = SpectralMonitor.for_trainer(trainer)
-    batch = monitor.subsample(monitor.pre_batch(trainer, segment, 1), 1)
+    monitor = SpectralMonitor.for_agent(cfg.monitor, trainer.agent)
+    batch = monitor.subsample(monitor.pre_batch(trainer.view, segment, 1), 1)
     assert len(batch) == 64
     measured = measure_spectrum(trainer.agent, batch, cfg.monitor, seed=1)
     assert math.isfinite(measured.scalars["loss"]) and measured.scalars["loss"] > 0

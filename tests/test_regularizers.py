@@ -7,14 +7,14 @@ import torch
 from omegaconf import OmegaConf
 from strategy_helpers import make_learner, optimize, step_context, value_loss
 
-from agents.config import ConfigError
-from agents.plasticity.base import build_strategies
+from agents.errors import ConfigError
+from agents.plasticity import build_strategies
 from agents.plasticity.regularizers import (
     as_matrix,
     differentiable_effective_rank,
     weight_layer_params,
 )
-from analysis.features import effective_rank
+from analysis.spectral.features import effective_rank
 
 
 def test_l2_adds_exactly_two_coef_theta_to_the_gradient():

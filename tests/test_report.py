@@ -9,16 +9,16 @@ import pytest
 from run_dirs import SWITCH_EVERY, make_config, markdown_table, write_run
 from scipy.stats import linregress, spearmanr
 
-from analysis.headline import (
+from analysis.study.headline import (
     baseline_comparison,
     baseline_lines,
     first_task_warnings,
     trend_verdict,
 )
-from analysis.plots import switch_density_figure
-from analysis.report import main
-from analysis.report_tables import number
-from analysis.results import load_table
+from analysis.study.plots import switch_density_figure
+from analysis.study.report import main
+from analysis.study.report_tables import number
+from analysis.study.results import load_table
 
 LEVELS = {  # return on task position k (tasks A, B, A, B): constant within a segment
     ("reference_fresh", 1): lambda k: 10.0, ("reference_fresh", 2): lambda k: 10.0,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from strategy_helpers import make_learner, optimize, step_context, value_loss
 
-from agents.config import ConfigError
+from agents.errors import ConfigError
 
 
 def strategy(learner):

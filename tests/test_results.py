@@ -5,9 +5,9 @@ import pytest
 import yaml
 from run_dirs import SWITCH_EVERY, make_config, write_run
 
-from analysis.monitor_metrics import Measurement
-from analysis.monitor_outputs import save_npz
-from analysis.results import (
+from analysis.monitor.measure import Measurement
+from analysis.monitor.outputs import save_npz
+from analysis.study.results import (
     TIDY_COLUMNS,
     find_run_dirs,
     load_table,
@@ -164,7 +164,7 @@ def test_table_round_trips_through_a_file(tmp_path, suffix):
 
 
 def save_switch(spectra, stem, nodes, weights):
-    """A switch's file as the spectral monitor writes it (analysis.monitor_outputs.save_npz)."""
+    """A switch's file as the spectral monitor writes it (analysis.monitor.outputs.save_npz)."""
     measured = Measurement({"lambda_max": max(nodes)}, {
         "eigenvalues": np.array([max(nodes)]), "density_nodes": np.array(nodes),
         "density_weights": np.array(weights), "num_params": np.array(10)}, seconds=0.5)

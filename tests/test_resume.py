@@ -9,12 +9,12 @@ import pytest
 import torch
 from signals import Signals
 
-from agents.checkpoint import load_checkpoint
-from agents.loop import Listener
-from agents.resume import resume_training
-from agents.run import read_status
-from agents.train import run_training
-from analysis.results import read_scalars
+from agents.run_view import Observer
+from agents.runtime.checkpoints import load_checkpoint
+from agents.runtime.launch import run_training
+from agents.runtime.resume import resume_training
+from agents.runtime.run_dir import read_status
+from analysis.study.results import read_scalars
 
 PPO = ("tiny.yaml", "sequence.switch_every=512", "ppo.num_steps=32", "torch_threads=1",
        "checkpoint.every=256", "plasticity.l2_init={}", "plasticity.c_chain={}",
@@ -32,7 +32,7 @@ TIMING_TAGS = {"charts/SPS", "spectrum/pre/seconds", "spectrum/post/seconds",
                "spectrum/periodic/seconds"}  # wall-clock: same steps, different values
 
 
-class CrashAt(Listener):
+class CrashAt(Observer):
     """A crash with no checkpoint of its own, after the scalars of `step` are logged."""
 
     def __init__(self, step: int):
@@ -43,10 +43,10 @@ class CrashAt(Listener):
             raise RuntimeError("simulated crash")
 
 
-def train(cfg_factory, name, tmp_path, listeners=()):
+def train(cfg_factory, name, tmp_path, observers=()):
     config, *overrides = name
     cfg = cfg_factory(*overrides, f"run_dir={tmp_path / 'run'}", path=config)
-    code = run_training(cfg, listeners, stream=io.StringIO())
+    code = run_training(cfg, observers, stream=io.StringIO())
     return code, tmp_path / "run"
 
 
@@ -86,7 +86,7 @@ def logged(run_dir) -> list[tuple]:
 @pytest.fixture(scope="module")
 def references(tmp_path_factory):
     """The uninterrupted runs, trained once for the module."""
-    from agents.config import load_config
+    from agents.runtime.config import load_config
 
     root = tmp_path_factory.mktemp("reference")
     runs = {}

@@ -1,7 +1,8 @@
 """Task sequences switch at exactly the configured steps, in the configured order."""
 
-from agents.logger import RunLogger
-from agents.loop import Listener, Trainer
+from agents.run_view import Observer
+from agents.runtime.logger import RunLogger
+from agents.runtime.trainer import Trainer
 from envs.tasks import TaskSequence, TaskSpec
 
 
@@ -29,22 +30,25 @@ def test_shuffled_order_is_seeded_and_a_permutation_per_cycle():
         assert sorted(one.schedule[cycle * 5:(cycle + 1) * 5]) == [0, 1, 2, 3, 4]
 
 
-class Recorder(Listener):
+class Recorder(Observer):
+    """Observes through the run's view; looks at the trainer's envs (which observers never get)
+    only to check that the swap came first."""
+
     def __init__(self):
-        self.events = []
+        self.events, self.trainer = [], None
 
-    def on_task_start(self, trainer, segment):
-        env_id = trainer.envs.unwrapped.envs[0].spec.id  # the env is already swapped
-        self.events.append(("start", segment.task.name, trainer.ctx.global_step, env_id))
+    def on_task_start(self, run, segment):
+        env_id = self.trainer.envs.unwrapped.envs[0].spec.id  # the env is already swapped
+        self.events.append(("start", segment.task.name, run.ctx.global_step, env_id))
 
-    def on_task_end(self, trainer, segment):
-        self.events.append(("end", segment.task.name, trainer.ctx.global_step))
+    def on_task_end(self, run, segment):
+        self.events.append(("end", segment.task.name, run.ctx.global_step))
 
 
 def test_loop_fires_events_at_exact_switch_steps(tiny_cfg, tmp_path):
     cfg = tiny_cfg("sequence.switch_every=200", "ppo.num_steps=16", "ppo.update_epochs=1")
     recorder = Recorder()
-    trainer = Trainer(cfg, [recorder])
+    trainer = recorder.trainer = Trainer(cfg, [recorder])
     trainer.run(RunLogger(tmp_path, trainer.sequence.total_steps, 1000))
     # 200 steps = 3 rollouts of 16x4 (192) + one shortened to 2 steps x 4 envs.
     assert recorder.events == [

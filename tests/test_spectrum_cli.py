@@ -4,7 +4,7 @@ measured at that switch during training."""
 import numpy as np
 
 import train
-from agents.train import run_training
+from agents.runtime.launch import run_training
 
 MONITOR = ("monitor.enabled=true", "monitor.batch_size=64", "monitor.top_k=4",
            "monitor.lanczos_steps=8", "monitor.ggn_steps=8", "monitor.density_probes=1",

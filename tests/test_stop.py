@@ -13,13 +13,13 @@ import pytest
 import torch
 from signals import Signals
 
-from agents.checkpoint import load_checkpoint
-from agents.checkpointer import divergence
-from agents.loop import Trainer
 from agents.plasticity.base import STRATEGIES, Strategy
-from agents.resume import resume_training
-from agents.run import read_status
-from agents.train import run_training
+from agents.runtime.checkpoints import load_checkpoint
+from agents.runtime.launch import run_training
+from agents.runtime.resume import resume_training
+from agents.runtime.run_dir import read_status
+from agents.runtime.safety import divergence
+from agents.runtime.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ("sequence.switch_every=512", "ppo.num_steps=32", "torch_threads=1", "checkpoint.every=256")

@@ -12,16 +12,13 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from training import run
 
-import agents.plasticity  # noqa: F401  (registers the catalogue)
-from agents.config import CONFIG_DIR, ConfigError
-from agents.loop import AGENTS, Listener
-from agents.plasticity.base import (
-    STRATEGIES,
-    Strategy,
-    StrategyStack,
-    build_strategies,
-    strategy_set_name,
-)
+from agents.catalogue import AGENTS
+from agents.errors import ConfigError
+from agents.plasticity import STRATEGIES, build_strategies, strategies_markdown, strategy_set_name
+from agents.plasticity.base import Strategy, StrategyStack
+from agents.plasticity.listing import README_MARKERS
+from agents.run_view import Observer
+from agents.runtime.config import CONFIG_DIR
 from train import cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,6 +46,29 @@ def test_pliable_strategies_lists_settings_defaults_and_papers(capsys):
     assert "plasticity.redo.threshold: float = 0.025" in out
     assert "plasticity.er_l2.weight_decay.coef: float = 0.001" in out
     assert "plasticity.reset.layers: list[str] = ['heads']" in out
+
+
+def test_the_readme_strategy_table_is_what_pliable_strategies_markdown_prints(capsys):
+    assert cli(["strategies", "--markdown"]) == 0
+    table = capsys.readouterr().out
+    start, end = README_MARKERS
+    readme = (ROOT / "README.md").read_text()
+    assert start + table + end in readme, (
+        "README.md's strategy table differs from the strategies' docstrings, settings and "
+        "papers; regenerate it with: .venv/bin/pliable strategies --markdown --readme README.md")
+    rows = table.splitlines()[2:]
+    assert [row.split(" | ")[0] for row in rows] == [f"| `{name}`" for name in CATALOGUE]
+    assert all(row.count(" | ") == 3 for row in rows)  # a bare | in a docstring is escaped
+
+
+def test_the_readme_table_is_rewritten_between_its_markers_only(tmp_path):
+    start, end = README_MARKERS
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# intro\n{start}| stale |\n{end}\nafter\n")
+    assert cli(["strategies", "--markdown", "--readme", str(readme)]) == 0
+    assert readme.read_text() == f"# intro\n{start}{strategies_markdown()}{end}\nafter\n"
+    readme.write_text("no markers\n")
+    assert cli(["strategies", "--markdown", "--readme", str(readme)]) == 2
 
 
 @pytest.mark.parametrize("settings,message", [
@@ -82,7 +102,7 @@ def test_run_names_carry_the_sorted_set_of_active_strategies():
 
 
 def tiny(tmp_path, agent, *overrides):
-    from agents.config import load_config
+    from agents.runtime.config import load_config
 
     path = f"tiny_{agent}.yaml" if (CONFIG_DIR / f"tiny_{agent}.yaml").exists() else "tiny.yaml"
     return load_config(path, [f"agent={agent}", f"runs_root={tmp_path}", "print_every=1000",
@@ -128,7 +148,7 @@ class Recorder(Strategy):
         return {}
 
 
-class IterationCounter(Listener):
+class IterationCounter(Observer):
     iterations = 0
 
     def after_iteration(self, trainer):

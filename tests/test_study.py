@@ -6,11 +6,11 @@ import io
 import pandas as pd
 import yaml
 
-from agents.config import CONFIG_DIR
-from analysis.bench import run_bench, summarize
-from analysis.bench_config import BENCH_DIR, REFERENCE, load_bench
-from analysis.executors import SerialExecutor
-from analysis.report import write_report
+from agents.runtime.config import CONFIG_DIR
+from analysis.study.executors import SerialExecutor
+from analysis.study.grid import run_bench, summarize
+from analysis.study.grid_config import BENCH_DIR, REFERENCE, load_bench
+from analysis.study.report import write_report
 
 STUDY = BENCH_DIR / "plasticity_loss.yaml"
 BASE = CONFIG_DIR / "minigrid_permuted_actions.yaml"

@@ -2,15 +2,15 @@
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from agents.logger import RunLogger
-from agents.loop import Trainer
+from agents.runtime.logger import RunLogger
+from agents.runtime.trainer import Trainer
 
 
-def run(cfg, log_dir, listeners=()):
+def run(cfg, log_dir, observers=()):
     """Train cfg with logs in log_dir; returns the trainer, to inspect its agent and counters."""
-    trainer = Trainer(cfg, listeners)
+    trainer = Trainer(cfg, observers)
     logger = RunLogger(log_dir, trainer.sequence.total_steps, 1000)
-    trainer.run(logger)
+    trainer.run(logger, log_dir)
     logger.close()
     return trainer
 

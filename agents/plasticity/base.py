@@ -1,7 +1,8 @@
 """The strategy interface, its registry, and the stack that runs strategies in order.
 
 Every hook is a no-op by default, so a strategy overrides only what its mechanism needs.
-Each strategy declares a settings dataclass; OmegaConf validates user settings against it.
+Each strategy declares a settings dataclass; OmegaConf validates user settings against it
+(catalogue.py's `build_strategies`). This module imports no strategy family: they import it.
 """
 
 from __future__ import annotations
@@ -12,11 +13,9 @@ from collections.abc import Callable
 from typing import Any, Optional
 
 import torch
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from agents.config import ConfigError
 from agents.context import StepContext, TrainContext
+from agents.errors import ConfigError
 
 OptimizerFactory = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
 STRATEGIES: dict[str, type[Strategy]] = {}
@@ -172,39 +171,3 @@ class StrategyStack:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for s in self.strategies:
             s.load_state_dict(state.get(s.name, {}))
-
-
-def build_strategies(plasticity_cfg, agent: str = "ppo") -> StrategyStack:
-    """From the config's `plasticity:` mapping (name -> settings; null switches one off)."""
-    import agents.plasticity  # noqa: F401  (registers the catalogue)
-
-    strategies = []
-    items = plasticity_cfg.items() if plasticity_cfg is not None else []
-    for name, settings in items:
-        if settings is None:
-            continue
-        if name not in STRATEGIES:
-            raise ConfigError(f"plasticity.{name}: unknown strategy '{name}' "
-                              f"(known: {', '.join(sorted(STRATEGIES))})")
-        cls = STRATEGIES[name]
-        try:
-            schema = OmegaConf.structured(cls.Settings)
-            if isinstance(settings, (DictConfig, dict)):
-                merged = OmegaConf.merge(schema, settings)
-            else:
-                raise ConfigError(f"plasticity.{name}: expected a mapping of settings or {{}}, "
-                                  f"got {settings!r}")
-        except OmegaConfBaseException as exc:
-            fields = ", ".join(f.name for f in dataclasses.fields(cls.Settings)) or "none"
-            key = f"plasticity.{name}" + (f".{exc.full_key}" if exc.full_key else "")
-            detail = ("unknown setting" if isinstance(exc, ConfigKeyError)
-                      else str(exc).splitlines()[0])
-            raise ConfigError(f"{key}: {detail} (settings: {fields})") from None
-        strategies.append(cls(OmegaConf.to_object(merged)))
-    return StrategyStack(strategies)
-
-
-def strategy_set_name(plasticity_cfg) -> str:
-    """The sorted names of the active strategies, joined with '+' ('none' if empty)."""
-    names = sorted(k for k, v in (plasticity_cfg or {}).items() if v is not None)
-    return "+".join(names) if names else "none"

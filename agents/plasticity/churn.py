@@ -21,7 +21,9 @@ class CChain(Strategy):
     to target·mean|L| / mean(churn) over the last `window` steps, L the policy loss the agent
     names (whatever `heads` holds): PPO's clipped policy surrogate alone (as the authors' code:
     not the value loss or the entropy bonus, whose −ent_coef·H is most of |total| while the policy
-    learns); an agent naming none (DQN) gives its whole loss, the TD loss."""
+    learns); an agent naming none (DQN) gives its whole loss, the TD loss. Defaults: target 0.05
+    for PPO, 0.01 for DQN (the paper's); heads PPO's policy, DQN's all; batch_size 0 is the
+    minibatch's."""
 
     paper = "Tang et al. 2025, Mitigating plasticity loss in continual reinforcement learning by " \
             "reducing churn (ICML 2025)"

@@ -14,7 +14,7 @@ import copy
 import torch
 from torch import nn
 
-from analysis.features import unit_scores
+from analysis.spectral.units import unit_scores
 
 
 def fresh_layer(network, module_name: str, layer: nn.Module,

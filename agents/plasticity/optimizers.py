@@ -48,8 +48,9 @@ class AdamOSettings(IsometrySettings):
 
 @register_strategy("adamo")
 class AdamOStrategy(Strategy):
-    """AdamO: Adam whose isometry regulariser (the `isometry` strategy's R) is applied as a
-    decoupled step outside Adam's moment estimates, analogous to AdamW."""
+    """AdamO: Adam whose isometry regulariser (the `isometry` strategy's R, either estimator)
+    is a step decoupled from Adam's moments, as AdamW decouples weight decay: θ ← θ − lr·coef·∇R
+    after Adam's update."""
 
     paper = "Rosseau et al. 2026, Preserving plasticity in continual learning via dynamical " \
             "isometry (arXiv 2606.09762)"
@@ -159,8 +160,10 @@ class TracTuner:
 
 @register_strategy("trac")
 class Trac(Strategy):
-    """TRAC, a parameter-free scale on top of the optimizer (Adam, or AdamO): the weights are
-    the initial weights plus S·(what the optimizer would have moved them), S tuned online."""
+    """TRAC, a parameter-free scale on top of the optimizer (Adam, or AdamO): θ = θ_ref + S·Δ,
+    Δ the optimizer's accumulated updates, S from erfi-based parameter-free tuners with
+    discounts `betas`. s_init is 1e-2, not the paper's 1e-8, from which a first task learns
+    slowly (plasticity.trac.s_init=1e-8 is the paper's)."""
 
     paper = "Muppidi et al. 2024, Fast TRAC: a parameter-free optimizer for lifelong " \
             "reinforcement learning (NeurIPS 2024)"

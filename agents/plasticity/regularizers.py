@@ -12,13 +12,15 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from agents.config import ConfigError, check_adam_betas
+from agents.adam import check_adam_betas
+from agents.errors import ConfigError
 from agents.plasticity.base import (
     Strategy,
     StrategyStack,
     check_mode_settings,
     register_strategy,
 )
+from analysis.spectral.ranks import entropy_effective_rank
 
 
 def weight_layer_params(network) -> list[torch.nn.Parameter]:
@@ -73,10 +75,10 @@ class L2Init(Strategy):
 
 def differentiable_effective_rank(features: torch.Tensor) -> torch.Tensor:
     """exp(H(σ/Σσ)) of the (batch, units) feature matrix (trailing dims are units), with
-    gradients: analysis.features.effective_rank is the detached float64 twin used for metrics."""
+    gradients, in the features' dtype: analysis.spectral.features.effective_rank is the detached
+    float64 metric (the same formula without the floor)."""
     sigma = torch.linalg.svdvals(features.reshape(features.shape[0], -1))
-    p = sigma / sigma.sum().clamp_min(1e-12)
-    return torch.exp(-(p * p.clamp_min(1e-12).log()).sum())
+    return entropy_effective_rank(sigma, floor=1e-12)
 
 
 @dataclass
@@ -102,9 +104,12 @@ MODE_SETTINGS = {"step": ("er_lr", "er_batch", "er_step", "max_obs"),
 class EffectiveRank(Strategy):
     """Raise the effective rank ER = mean_l exp(H(σ/Σσ)) of the hidden layers' features (one
     shared torso, so the seed's per-network mean is the mean over its hidden layers). mode step
-    (the seed's): every er_batch gradient steps, er_step plain steps θ ← θ + er_lr·∇ER on recent
-    observations, outside the optimizer (no Adam moments, clipping or weight decay); mode
-    penalty: −coef·ER added to the loss."""
+    (the seed's): every er_batch gradient steps, er_step plain steps θ ← θ + er_lr·∇ER on
+    min(er_batch × minibatch, max_obs) observations from ctx.sample_obs (PPO: drawn with
+    replacement from the current rollout; DQN: the replay), outside the optimizer (no Adam
+    moments, clipping or weight decay; no .grad written); mode penalty: −coef·ER added to the
+    loss every every_steps steps, on the minibatch (batch_size 0) or batch_size fresh
+    observations."""
 
     paper = "He et al. 2025 (arXiv 2509.22335); effective rank: Roy & Vetterli 2007"
     Settings = EffectiveRankSettings
@@ -179,7 +184,7 @@ class WeightDecay(Strategy):
     """Coupled weight decay (the seed's L2): Adam's weight_decay, coef·θ added to the clipped
     gradient of every parameter before Adam's moments (optax add_decayed_weights before adam).
     Unlike `l2`, it is not a loss term: gradient clipping never sees it. With adamo, AdamO decays
-    the same way; with `er_l2` the two coefficients add up."""
+    the same way, and trac wraps either; with `er_l2` the two coefficients add up."""
 
     paper = "He et al. 2025 (arXiv 2509.22335): L2 as coupled weight decay; Dohare et al. 2024"
     order = 30  # binds Adam's settings before adamo (40) replaces or trac (60) wraps it

@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from agents.config import ConfigError
+from agents.errors import ConfigError
 from agents.plasticity import ops
 from agents.plasticity.base import Strategy, check_choice, register_strategy
 
@@ -21,9 +21,10 @@ class ShrinkPerturb(Strategy):
     """θ ← α·θ + σ·ε for every weight and bias, ε a fresh draw of the layer's initialiser;
     at task switches (α 0.5, σ 0.5) or after every gradient step (α 0.999999, σ 1e-6), the
     values of Juliani & Ash 2024 (awjuliani/deep-rl-plasticity: `sp-5-5` at each shift, `ssp-6`
-    per step). The switch setting used to be α 0.4, σ 0.1: that leaves the weights at ~0.41 of
-    their initial scale, and a MiniGrid study's later tasks learned at 0.44 of a fresh agent
-    (0.5/0.5: 1.29; README, Plasticity strategies)."""
+    per step); alpha or sigma, when set, replaces that default. The switch setting used to be
+    α 0.4, σ 0.1: that leaves the weights at ~0.41 of their initial scale, and a MiniGrid study's
+    later tasks learned at 0.44 of a fresh agent (0.5/0.5: 1.29; README, Plasticity
+    strategies)."""
 
     paper = "Ash & Adams 2020, On warm-starting neural network training (NeurIPS 2020); " \
             "defaults: Juliani & Ash 2024, A study of plasticity loss in on-policy deep RL"
@@ -70,7 +71,7 @@ class ShrinkPerturb(Strategy):
 @register_strategy("reset")
 class Reset(Strategy):
     """Re-initialise chosen layers (hidden block names, "heads", or "all") at task switches and/or
-    every N gradient steps; their optimizer state is dropped too."""
+    every every_steps gradient steps (0: never); their optimizer state is dropped too."""
 
     paper = "Nikishin et al. 2022, The primacy bias in deep reinforcement learning (ICML 2022)"
     state_attributes = ("resets",)
@@ -118,9 +119,9 @@ class Reset(Strategy):
 
 @register_strategy("redo")
 class ReDo(Strategy):
-    """Recycle dormant units: every N gradient steps, score s_i = E|h_i| / mean_j E|h_j| on a batch
-    of recent observations and re-initialise the units with s_i ≤ τ (fresh incoming weights, zero
-    outgoing weights, Adam moments zeroed)."""
+    """Recycle dormant units: every every_steps gradient steps, score
+    s_i = E|h_i| / mean_j E|h_j| on a batch of recent observations and re-initialise the units
+    with s_i ≤ τ (fresh incoming weights, zero outgoing weights, Adam moments zeroed)."""
 
     paper = "Sokar et al. 2023, The dormant neuron phenomenon in deep reinforcement learning " \
             "(ICML 2023)"
