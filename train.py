@@ -89,14 +89,14 @@ def strategies(argv: list[str]) -> int:
 
 
 def bench(argv: list[str]) -> int:
-    """`pliable bench`: run a benchmark grid on Ray (analysis/bench.py)."""
+    """`pliable bench`: run a benchmark grid on Ray (analysis/study/grid.py)."""
     from analysis.study.grid import main as bench_main
 
     return bench_main(argv)
 
 
 def report(argv: list[str]) -> int:
-    """`pliable report`: tables, statistics and plots from a runs directory (analysis/report.py)."""
+    """`pliable report`: tables, statistics and plots of a runs directory (analysis/study/)."""
     from analysis.study.report import main as report_main
 
     return report_main(argv)

@@ -21,6 +21,7 @@ import torch
 
 from agents.errors import ConfigError
 from agents.learner import Learner
+from agents.networks import Network
 
 AGENTS: dict[str, type[Agent]] = {}
 
@@ -67,13 +68,15 @@ class Iteration:
 class Agent:
     """The contract. Construction: `Agent(cfg, env, strategies, device)` with the run's config,
     the sequence's `envs.EnvInfo` (spaces, observation layout, reward transform, replay hint),
-    the built `StrategyStack` and the torch device. Set in `__init__`: `network` (the online
-    network), `learner` (its `Learner`: the one update path), `ctx` (`learner.ctx`), and
-    `last_batch` (None until the first training batch of a task)."""
+    the built `StrategyStack` and the torch device. `__init__` calls `build_learner` (which
+    sets `learner`, the one update path, and `network`, an `agents.networks.Network`: the
+    monitor and the strategies find its blocks and heads by name); `ctx` is `learner.ctx`;
+    `last_batch` is None until the first training batch of each task."""
 
     name: ClassVar[str] = ""
     Config: ClassVar[type]
-    network: torch.nn.Module
+    network: Network  # the online network (block and head names: the monitor reads them)
+    learner: Learner  # build_learner's: the one update path, the counters, the NaN flag
     last_batch: Optional[Any] = None
 
     @classmethod

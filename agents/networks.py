@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from agents.errors import ConfigError
 from envs.families import plain_layout
 from envs.info import ObservationLayout
 
@@ -81,13 +82,20 @@ def make_spec(net_cfg, observation_space, heads: dict[str, int],
     shape = tuple(observation_space.shape)
     arch = layout.arch if net_cfg.arch == "auto" else net_cfg.arch
     if arch == "mlp":
-        blocks = mlp(net_cfg.hidden_sizes, net_cfg.width)
-    elif layout.image and len(shape) == 3:
-        blocks = CNN_TORSOS[arch](shape, net_cfg.width)
-    else:
-        raise ValueError(f"network.arch={arch} needs image observations, got shape {shape}")
-    return NetworkSpec(shape, blocks, heads, head_gains or {}, input_scale=layout.input_scale,
-                       channels_last_input=layout.image and layout.channels_last,
+        # An MLP reads the observation flat, as stored: a vector scaled as its layout says, an
+        # image (network.arch=mlp on MiniGrid, Atari) by its dtype alone, as it always was, so
+        # that no MLP config's numbers change.
+        scale = (1 / 255 if observation_space.dtype == "uint8" else 1.0) if layout.image \
+            else layout.input_scale
+        return NetworkSpec(shape, mlp(net_cfg.hidden_sizes, net_cfg.width), heads,
+                           head_gains or {}, input_scale=scale,
+                           channels_last=net_cfg.channels_last)
+    if arch not in CNN_TORSOS:  # a family's layout naming a network pliable does not have
+        raise ConfigError(f"network.arch={arch}: not one of mlp, {', '.join(CNN_TORSOS)}")
+    if not (layout.image and len(shape) == 3):
+        raise ConfigError(f"network.arch={arch} needs image observations, got shape {shape}")
+    return NetworkSpec(shape, CNN_TORSOS[arch](shape, net_cfg.width), heads, head_gains or {},
+                       input_scale=layout.input_scale, channels_last_input=layout.channels_last,
                        channels_last=net_cfg.channels_last)
 
 
@@ -211,8 +219,11 @@ class Network(nn.Module):
         Atari frames at any batch above 1, so they serve only that case (bench/levers.py)."""
         if not (self._tiny_images and obs.dim() == 4 and obs.shape[0] <= NATIVE_CONV_MAX_BATCH):
             return self(obs)
-        # allow_tf32=None: leave oneDNN's TF32 switch alone (setting it warns without Intel GPUs).
-        with torch.backends.mkldnn.flags(enabled=False, allow_tf32=None):
+        # torch offers no per-call choice of convolution backend: its own context manager turns
+        # oneDNN off for this pass only and restores it, even on an error. None: the other
+        # oneDNN switches (deterministic, TF32, precision) stay as the user set them.
+        with torch.backends.mkldnn.flags(enabled=False, deterministic=None, allow_tf32=None,
+                                         fp32_precision=None):
             return self(obs)
 
     def block_inputs(self, obs: torch.Tensor, features: dict[str, torch.Tensor]):

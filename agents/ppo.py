@@ -129,6 +129,7 @@ class PPO(Agent):
     # -- acting ------------------------------------------------------------------------------
     def begin_task(self, envs, seed: int) -> None:
         obs, _ = envs.reset(seed=seed)
+        self.last_batch = None  # the old task's
         self.next_obs = torch.as_tensor(obs, device=self.device)
         self.next_done = torch.zeros(self.num_envs, device=self.device)
 

@@ -34,7 +34,7 @@ class RunView:
     agent: Agent
     sequence: TaskSequence
     env_factory: EnvFactory
-    run_dir: Optional[Path] = None  # None until the run has a directory
+    run_dir: Optional[Path] = None  # set when the run starts (Trainer.run)
     log: Optional[LogSink] = None
     segment: Optional[Segment] = None  # the live one
 
@@ -45,8 +45,13 @@ class RunView:
 
 
 class Observer:
-    """Observes a run; every hook is optional. An observer with `state_dict`/`load_state_dict`
-    is saved in checkpoints (under its class name) and restored on resume."""
+    """Observes a run; every hook is optional. An observer whose `state_dict` returns a dict is
+    saved in checkpoints (under its class name) and given it back on resume."""
+
+    def state_dict(self) -> Optional[dict]:
+        return None  # nothing to save
+
+    def load_state_dict(self, state: dict) -> None: ...
 
     def on_task_start(self, run: RunView, segment: Segment) -> None: ...
 

@@ -23,10 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agents.context import StepContext  # noqa: E402
 from agents.learner import Learner  # noqa: E402
-from agents.networks import (
-    NetworkConfig,  # noqa: E402
-    make_spec,  # noqa: E402
-)
+from agents.networks import NetworkConfig, make_spec  # noqa: E402
 from agents.plasticity import STRATEGIES, build_strategies  # noqa: E402
 from bench.timing import NETS, net_layout, seconds_per_call, step_loss  # noqa: E402
 

@@ -49,9 +49,6 @@ class EnvFactory:
         return RecordEpisodeStatistics(
             self.family(task).make_vector(task, num_envs or self.env_cfg.num_envs))
 
-    def reward_transform(self):
-        return self.info.reward_transform
-
     def _common_spaces(self):
         spaces = []
         for task in self.sequence.tasks:

@@ -25,10 +25,17 @@ class GymnasiumFamily(EnvFamily):
 
     @classmethod
     def layout(cls, observation_space) -> ObservationLayout:
-        """gymnasium's conventions: a 3-D observation is an HWC image (as its image envs render
-        them), anything else a vector."""
-        scale = 1 / 255 if observation_space.dtype == np.uint8 else 1.0
-        if len(observation_space.shape) == 3:
-            return ObservationLayout(image=True, channels_last=True, arch="nature_cnn",
-                                     input_scale=scale)
-        return ObservationLayout(image=False, arch="mlp", input_scale=scale)
+        """A vector, or an image read as networks read one before families declared layouts
+        (kept so that no config's numbers change): a small 3-channel HWC image (below 16 rows)
+        as MiniGrid's, any other 3-D observation as a CHW frame stack. An HWC image env of
+        gymnasium's own (CarRacing's 96x96x3) is not read right by this rule: such a family
+        declares its layout itself."""
+        shape = tuple(observation_space.shape)
+        if len(shape) != 3:
+            scale = 1 / 255 if observation_space.dtype == np.uint8 else 1.0
+            return ObservationLayout(image=False, arch="mlp", input_scale=scale)
+        if shape[-1] == 3 and shape[0] < 16:
+            return ObservationLayout(image=True, channels_last=True, arch="minigrid_cnn",
+                                     input_scale=0.1)
+        return ObservationLayout(image=True, channels_last=False, arch="nature_cnn",
+                                 input_scale=1 / 255)

@@ -24,11 +24,6 @@ class TaskSpec:
         if not self.name:
             object.__setattr__(self, "name", default_task_name(self))
 
-    @property
-    def family(self) -> str:
-        """The name of the task's env family (envs/families.py): minigrid, atari, gymnasium..."""
-        return family_for(self.env_id).name
-
 
 def default_task_name(task: TaskSpec) -> str:
     base = family_for(task.env_id).short_name(task.env_id)

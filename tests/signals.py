@@ -1,4 +1,4 @@
-"""A listener that signals its own process, as Ctrl-C or a job scheduler would."""
+"""An observer that signals its own process, as Ctrl-C or a job scheduler would."""
 
 import os
 
@@ -11,8 +11,8 @@ class Signals(Observer):
     def __init__(self, step: int, *signums: int):
         self.step, self.signums = step, list(signums)
 
-    def after_iteration(self, trainer):
-        if trainer.ctx.global_step >= self.step and self.signums:
+    def after_iteration(self, run):
+        if run.ctx.global_step >= self.step and self.signums:
             for signum in self.signums:
                 os.kill(os.getpid(), signum)
             self.signums = []

@@ -19,17 +19,19 @@ SPACES = {
 }
 
 
+PPO_HEADS = {"policy": 4, "value": 1}
+
+
 def make_learner(plasticity: dict, arch: str = "mlp", agent: str = "ppo", lr: float = 1e-3,
-                 seed: int = 0, batch: int = 32) -> Learner:
+                 seed: int = 0, batch: int = 32, heads: dict = PPO_HEADS) -> Learner:
     """A Learner (Adam, no clipping) with `plasticity` switched on and a fixed observation batch
-    behind ctx.sample_obs."""
+    behind ctx.sample_obs; a PPO-shaped network unless `heads` says otherwise."""
     torch.manual_seed(seed)
     space = SPACES[arch]
     net_cfg = OmegaConf.merge(OmegaConf.structured(NetworkConfig),
                               {"hidden_sizes": [16, 12], "width": 0.5 if arch == "cnn" else 1})
     layout = minigrid.LAYOUT if arch == "cnn" else None
-    spec = make_spec(net_cfg, space, {"policy": 4, "value": 1}, {"policy": 0.01, "value": 1.0},
-                     layout)
+    spec = make_spec(net_cfg, space, heads, {"policy": 0.01, "value": 1.0}, layout)
     learner = Learner(spec, build_strategies(OmegaConf.create(plasticity)),
                       dict(agent=agent, seed=seed), lr, 1e-8, None, torch.device("cpu"))
     learner.obs = observations(arch, batch, seed)

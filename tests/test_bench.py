@@ -138,7 +138,7 @@ def test_dry_run_lists_the_cells_and_writes_nothing(tmp_path, capsys):
 
 
 class CrashAfterFirstUpdate(Observer):
-    def after_iteration(self, trainer):
+    def after_iteration(self, run):
         raise RuntimeError("boom")
 
 

@@ -20,6 +20,7 @@ from agents.dqn import DQN, ReplayBatch
 from agents.errors import ConfigError
 from agents.plasticity.base import StrategyStack
 from agents.runtime.config import load_config
+from envs.families import sync_vector_env
 from envs.info import EnvInfo, ObservationLayout
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,9 +58,7 @@ class CounterEnv(gym.Env):
 
 
 def counter_envs(num_envs, **kwargs):
-    return RecordEpisodeStatistics(gym.vector.SyncVectorEnv(
-        [lambda: CounterEnv(**kwargs) for _ in range(num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP))
+    return RecordEpisodeStatistics(sync_vector_env(lambda: CounterEnv(**kwargs), num_envs))
 
 
 class RecordingLogger:

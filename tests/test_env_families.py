@@ -148,7 +148,7 @@ def test_the_family_claims_its_prefix_and_says_what_agents_know(toy_family, tiny
 def test_unregistered_the_prefix_falls_back_to_gymnasium(toy_family):
     unregister_env_family("toy")
     try:
-        assert TaskSpec("Toy/Walk-v0").family == "gymnasium"
+        assert family_for("Toy/Walk-v0").name == "gymnasium"
         with pytest.raises(ValueError, match="already registered as .*atari"):
             register_env_family("toy2", prefixes=("ALE/",))(type("Toy2", (EnvFamily,), {}))
     finally:
@@ -171,9 +171,10 @@ def test_minigrid_and_gymnasium_layouts():
     assert info.replay_frame_stack == 1
     cartpole = factory({}, TaskSpec("CartPole-v1")).info.layout
     assert cartpole == ObservationLayout(image=False, arch="mlp", input_scale=1.0)
+    # a 3-D observation of gymnasium's own: read as networks always read one (a CHW stack),
+    # wrong for an HWC image env such as CarRacing, which needs a family of its own
     frames = family_for("CarRacing-v3").layout(gym.spaces.Box(0, 255, (96, 96, 3), np.uint8))
-    assert frames == ObservationLayout(True, channels_last=True, arch="nature_cnn",
-                                       input_scale=1 / 255)  # gymnasium's images are HWC
+    assert frames == atari.LAYOUT
 
 
 def test_mixed_families_need_the_same_layout(toy_family):
@@ -182,10 +183,12 @@ def test_mixed_families_need_the_same_layout(toy_family):
 
 
 @pytest.mark.parametrize("space, layout", [
-    (gym.spaces.Box(0, 255, (96, 96, 3), np.uint8),
-     ObservationLayout(image=True, channels_last=True, arch="nature_cnn", input_scale=1 / 255)),
+    (gym.spaces.Box(0, 10, (10, 10, 3), np.uint8), minigrid.LAYOUT),
+    (gym.spaces.Box(0, 255, (4, 84, 84), np.uint8), atari.LAYOUT),
     (gym.spaces.Box(-1, 1, (6,), np.float32), ObservationLayout(arch="mlp", input_scale=1.0)),
     (gym.spaces.Box(0, 255, (6,), np.uint8), ObservationLayout(arch="mlp", input_scale=1 / 255)),
 ])
-def test_a_bare_space_gets_gymnasiums_own_layout_never_a_guessed_family(space, layout):
+def test_a_bare_space_is_read_as_networks_always_read_it(space, layout):
+    """gymnasium's own envs (the fallback family) keep the reading networks had before families
+    declared layouts, so that no config's numbers change."""
     assert plain_layout(space) == layout

@@ -44,9 +44,9 @@ CARTPOLE = ("sequence.tasks=[{env_id: CartPole-v1}]", "network.arch=mlp",
 
 
 class FinalState(Observer):
-    def on_run_end(self, trainer):
-        self.params = {k: v.clone() for k, v in trainer.agent.network.state_dict().items()}
-        self.optimizer = copy.deepcopy(trainer.agent.learner.optimizer.state_dict())
+    def on_run_end(self, run):
+        self.params = {k: v.clone() for k, v in run.agent.network.state_dict().items()}
+        self.optimizer = copy.deepcopy(run.agent.learner.optimizer.state_dict())
 
 
 def train(cfg):

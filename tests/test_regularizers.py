@@ -273,6 +273,11 @@ def test_c_chain_scales_its_coefficient_to_target_times_loss_over_churn():
     assert stats["plasticity/c_chain/penalty"].item() == pytest.approx(coef * churns[1], rel=1e-4)
 
 
-def test_c_chain_defaults_for_dqn():
-    chain = make_learner({"c_chain": {}}, agent="dqn").strategies.strategies[0]
-    assert (chain.target, chain.heads) == (0.01, ["policy", "value"])  # every head of the net
+def test_c_chain_defaults_follow_the_heads_not_the_agents_name():
+    """No policy head (DQN's Q-network): the paper's DQN target and every head; a policy head
+    (PPO's, or any policy-gradient agent's): its PPO target and the policy alone."""
+    value_net = make_learner({"c_chain": {}}, agent="dqn", heads={"q": 4, "v": 1})
+    chain = value_net.strategies.strategies[0]
+    assert (chain.target, chain.heads) == (0.01, ["q", "v"])
+    chain = make_learner({"c_chain": {}}, agent="toy_pg").strategies.strategies[0]
+    assert (chain.target, chain.heads) == (0.05, ["policy"])

@@ -10,7 +10,7 @@ import torch
 from signals import Signals
 
 from agents.run_view import Observer
-from agents.runtime.checkpoints import load_checkpoint
+from agents.runtime.checkpoints import atomic_save, load_checkpoint
 from agents.runtime.launch import run_training
 from agents.runtime.resume import resume_training
 from agents.runtime.run_dir import read_status
@@ -38,8 +38,8 @@ class CrashAt(Observer):
     def __init__(self, step: int):
         self.step = step
 
-    def after_iteration(self, trainer):
-        if trainer.ctx.global_step >= self.step:
+    def after_iteration(self, run):
+        if run.ctx.global_step >= self.step:
             raise RuntimeError("simulated crash")
 
 
@@ -151,6 +151,19 @@ def test_a_dqn_resumed_without_its_replay_buffer_refills_it_first(tiny_cfg, tmp_
     # the resume empties the buffer at 768) steps 1024..1536, 129 updates each
     counters = load_checkpoint(run_dir / "checkpoints" / "final.pt")["agent"]["counters"]
     assert counters["update_count"] == 129 + 129
+
+
+def test_a_checkpoint_from_before_named_side_files_resumes_exactly(tiny_cfg, tmp_path,
+                                                                  references):
+    """Earlier checkpoints name a DQN's replay buffer `replay_file` (no `side_files`)."""
+    code, run_dir = train(tiny_cfg, DQN, tmp_path, [Signals(768, signal.SIGINT)])
+    assert code == 130
+    path = run_dir / "checkpoints" / "step_000000000768.pt"
+    state = load_checkpoint(path)
+    state["replay_file"] = state.pop("side_files")["replay"]
+    atomic_save(state, path)
+    assert resume_training(run_dir, stream=io.StringIO()) == 0
+    assert_same_run(run_dir, references["dqn"])
 
 
 def test_resuming_a_finished_run_does_nothing(references):

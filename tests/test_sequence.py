@@ -49,7 +49,7 @@ def test_loop_fires_events_at_exact_switch_steps(tiny_cfg, tmp_path):
     cfg = tiny_cfg("sequence.switch_every=200", "ppo.num_steps=16", "ppo.update_epochs=1")
     recorder = Recorder()
     trainer = recorder.trainer = Trainer(cfg, [recorder])
-    trainer.run(RunLogger(tmp_path, trainer.sequence.total_steps, 1000))
+    trainer.run(RunLogger(tmp_path, trainer.sequence.total_steps, 1000), tmp_path)
     # 200 steps = 3 rollouts of 16x4 (192) + one shortened to 2 steps x 4 envs.
     assert recorder.events == [
         ("start", "Empty-5x5-v0", 0, "MiniGrid-Empty-5x5-v0"),

@@ -151,7 +151,7 @@ class Recorder(Strategy):
 class IterationCounter(Observer):
     iterations = 0
 
-    def after_iteration(self, trainer):
+    def after_iteration(self, run):
         self.iterations += 1
 
 

@@ -11,7 +11,8 @@ from torch.func import functional_call
 
 from agents.plasticity.base import Strategy, register_strategy
 
-DEFAULT_TARGETS = {"ppo": 0.05, "dqn": 0.01}  # the paper's relative loss scales
+# The paper's relative loss scales: its PPO's (an agent with a policy head), its DQN's (others).
+POLICY_TARGET, VALUE_TARGET = 0.05, 0.01
 
 
 @register_strategy("c_chain")
@@ -20,10 +21,10 @@ class CChain(Strategy):
     observations, θ⁻ the parameters before the previous gradient step; λ is scaled automatically
     to target·mean|L| / mean(churn) over the last `window` steps, L the policy loss the agent
     names (whatever `heads` holds): PPO's clipped policy surrogate alone (as the authors' code:
-    not the value loss or the entropy bonus, whose −ent_coef·H is most of |total| while the policy
-    learns); an agent naming none (DQN) gives its whole loss, the TD loss. Defaults: target 0.05
-    for PPO, 0.01 for DQN (the paper's); heads PPO's policy, DQN's all; batch_size 0 is the
-    minibatch's."""
+    not the value loss or the entropy bonus, whose −ent_coef·H is most of |total| while the
+    policy learns); an agent naming none (DQN) gives its whole loss, the TD loss. Defaults (the
+    paper's): target 0.05 with a policy head (PPO), 0.01 without (DQN); heads the policy head,
+    else all; batch_size 0 is the minibatch's."""
 
     paper = "Tang et al. 2025, Mitigating plasticity loss in continual reinforcement learning by " \
             "reducing churn (ICML 2025)"
@@ -31,20 +32,23 @@ class CChain(Strategy):
 
     @dataclass
     class Settings:
-        target: Optional[float] = None  # relative loss scale; None: 0.05 for PPO, 0.01 for DQN
-        heads: Optional[list[str]] = None  # outputs whose churn counts; None: PPO policy, DQN all
+        # relative loss scale; None: 0.05 with a policy head (PPO), else 0.01 (DQN)
+        target: Optional[float] = None
+        heads: Optional[list[str]] = None  # outputs whose churn counts; None: policy, else all
         batch_size: int = 0  # reference batch; 0: the minibatch's size
         window: int = 100  # gradient steps in the running means that set λ
 
     def setup(self, ctx):
         self.generator = self.make_generator(ctx)
         self.network = ctx.network
+        # By the network's heads, not the agent's name: any policy-gradient agent is PPO's case.
+        has_policy = "policy" in ctx.network.heads
         self.target = self.settings.target
         if self.target is None:
-            self.target = DEFAULT_TARGETS.get(ctx.agent, DEFAULT_TARGETS["dqn"])
+            self.target = POLICY_TARGET if has_policy else VALUE_TARGET
         self.heads = self.settings.heads
         if self.heads is None:
-            self.heads = ["policy"] if ctx.agent == "ppo" else list(ctx.network.heads)
+            self.heads = ["policy"] if has_policy else list(ctx.network.heads)
         self.previous: Optional[dict[str, torch.Tensor]] = None
         self.losses = collections.deque(maxlen=self.settings.window)
         self.churns = collections.deque(maxlen=self.settings.window)

@@ -8,9 +8,10 @@ A checkpoint holds only tensors, numbers, strings and lists/tuples/dicts of them
     segment           position in the task schedule of the segment it was taken in
     agent             agent.state_dict(): networks, optimizer, strategies, counters, current obs
     rng               torch / numpy / python global RNG states, the trainer's generator (and CUDA's)
-    envs              the live envs' reset seed and every action sent since (agents/resume.py)
+    envs              the live envs' reset seed and every action sent since (resume.py)
     logger            the console's task label and recent returns
-    listeners         state of the observers that have a state_dict (by class name)
+    listeners         the observers' states (Observer.state_dict, by class name; the key's name
+                      is from when observers were called listeners)
     side_files        the agent's side files saved beside this one: name -> file name (DQN:
                       {"replay": "<name>.replay.pt"}); {} when none was saved. (Checkpoints of
                       earlier pliable versions say `replay_file`, read as {"replay": ...}.)
@@ -179,8 +180,8 @@ def trainer_state(trainer, kind: str) -> dict:
         "envs": trainer.envs.state_dict(),
         "logger": {"task_label": trainer.logger.task_label,
                    "recent_returns": list(trainer.logger.recent_returns)},
-        "listeners": {type(observer).__name__: observer.state_dict()
-                      for observer in trainer.observers if hasattr(observer, "state_dict")},
+        "listeners": {type(observer).__name__: state for observer in trainer.observers
+                      if (state := observer.state_dict()) is not None},
         "side_files": {},
     }
 
@@ -202,7 +203,7 @@ def load_trainer_state(trainer, state: dict, path: Path) -> list[str]:
     trainer.agent.load_state_dict(state["agent"])
     for observer in trainer.observers:
         name = type(observer).__name__
-        if hasattr(observer, "load_state_dict") and name in state["listeners"]:
+        if name in state["listeners"]:
             observer.load_state_dict(state["listeners"][name])
     saved = state.get("side_files")
     if saved is None:  # written before side files had names: a DQN's replay buffer or None

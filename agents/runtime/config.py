@@ -17,8 +17,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from agents.base import AGENTS
 from agents.catalogue import agent_class
-from agents.errors import ConfigError  # noqa: F401  (re-exported: agents.runtime.config.ConfigError)
-from agents.networks import NetworkConfig
+from agents.errors import ConfigError
+from agents.networks import CNN_TORSOS, NetworkConfig
 from agents.plasticity import build_strategies
 from analysis.monitor.config import CHOICES as MONITOR_CHOICES
 from analysis.monitor.config import MONITOR_PRESETS, MonitorConfig, check_monitor_config
@@ -26,8 +26,6 @@ from envs.config import EnvConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "minigrid_ppo.yaml"
-
-
 
 
 @dataclass
@@ -53,7 +51,8 @@ class CheckpointConfig:
 
     every: int = 100_000  # env steps between periodic checkpoints (0: only at switches and the end)
     keep_last: int = 2  # periodic checkpoints kept (switch and final ones are always kept)
-    save_replay: bool = True  # DQN: include the replay buffer (needed for an exact resume)
+    # the agent's side files beside each checkpoint (DQN: its replay buffer), for an exact resume
+    save_replay: bool = True
     at_switch: bool = True  # a checkpoint at every task start (switch_###.pt: `pliable spectrum`)
 
 
@@ -93,7 +92,7 @@ def _schema(agent_sections) -> type:
 
 CHOICES = {
     "env.backend": ("auto", "gymnasium", "ale_vector"),
-    "network.arch": ("auto", "nature_cnn", "minigrid_cnn", "mlp"),
+    "network.arch": ("auto", *CNN_TORSOS, "mlp"),
     **{f"monitor.{key}": allowed for key, allowed in MONITOR_CHOICES.items()},
     "sequence.order": ("fixed", "shuffled"),
 }

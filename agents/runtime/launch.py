@@ -49,7 +49,7 @@ def train_in(run_dir, trainer, logger, stream=sys.stdout, restore=None) -> int:
     resume = f"resume with: python train.py --resume {run_dir}"
     try:
         with stop_on_signals(checkpointer):
-            trainer.run(logger, run_dir, restore)
+            trainer.run(logger, run_dir, restore=restore)
     except Stopped as stop:
         write_status(run_dir, "interrupted", step=ctx.global_step, checkpoint=str(stop.checkpoint))
         print(f"\n{signal.Signals(stop.signum).name}: stopped at step {ctx.global_step:,}, "

@@ -54,9 +54,12 @@ def resume_training(run_dir: str | Path, overrides=(), stream=sys.stdout) -> int
         trainer = build_trainer(cfg)
         try:
             missing = load_trainer_state(trainer, state, path)
+        except CheckpointError:
+            raise
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"{path} does not belong to this run "
                                   f"({str(exc).strip().splitlines()[0]})") from None
+        notes = [trainer.agent.without_side_file(name, state["step"]) for name in missing]
         if overrides:
             save_config(run_dir, cfg)
         logger = RunLogger(run_dir, trainer.sequence.total_steps, cfg.print_every, stream,
@@ -64,8 +67,8 @@ def resume_training(run_dir: str | Path, overrides=(), stream=sys.stdout) -> int
         logger.task_label = state["logger"]["task_label"]
         logger.recent_returns.extend(state["logger"]["recent_returns"])
         print(f"resuming {run_dir} from {path.name} at step {state['step']:,}", file=stream)
-        for name in missing:
-            print(trainer.agent.without_side_file(name, state["step"]), file=stream)
+        for note in notes:
+            print(note, file=stream)
         restore = functools.partial(rebuild_envs, state=state, stream=stream)
         return train_in(run_dir, trainer, logger, stream, restore)
 

@@ -92,10 +92,10 @@ class Trainer:
         self.envs.close()
         self._start(nxt)
 
-    def run(self, logger, run_dir=None, restore=None) -> None:
-        """Train from ctx.global_step to the end: from the start, or from a checkpoint, where
-        `restore(trainer, segment)` rebuilds the live segment's envs (and calls `enter`)
-        instead of starting it."""
+    def run(self, logger, run_dir, *, restore=None) -> None:
+        """Train from ctx.global_step to the end, logging to `logger`, observers writing under
+        `run_dir`: from the start, or from a checkpoint, where `restore(trainer, segment)`
+        rebuilds the live segment's envs (and calls `enter`) instead of starting it."""
         self.logger = self.view.log = logger
         self.view.run_dir = run_dir
         start, first_step = time.perf_counter(), self.ctx.global_step

@@ -8,6 +8,7 @@ stops the others.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -57,7 +58,11 @@ class RayExecutor:
             raise ConfigError(f"a run needs {cpus:g} CPUs and {gpus:g} GPUs but this machine has "
                               f"{available.get('CPU', 0):g} and {available.get('GPU', 0):g}: "
                               "lower cpus_per_run / gpus_per_run, or join a cluster (--address)")
-        self.options = {"num_cpus": cpus, "num_gpus": gpus, "max_retries": 0}
+        # Workers start their own Python, torch included: OpenMP's spin policy must be in their
+        # environment before that (agents/runtime/openmp.py), on a cluster's nodes too.
+        spin = {"GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT", "1000")}
+        self.options = {"num_cpus": cpus, "num_gpus": gpus, "max_retries": 0,
+                        "runtime_env": {"env_vars": spin}}
         self.max_parallel = max_parallel
 
     def map_unordered(self, fn: Callable, items: Iterable) -> Iterator[tuple[Any, Any]]:

@@ -55,7 +55,7 @@ CONFIG_FILE = "config.yaml"
 EVENT_FILE_PREFIX = "events.out.tfevents."
 SPECTRA_DIR = "spectra"
 POST_SWITCH_FILE = re.compile(r"^switch_(\d+)_post\.npz$")
-DENSITY_ARRAYS = ("density_nodes", "density_weights")  # as monitor_outputs.save_npz writes them
+DENSITY_ARRAYS = ("density_nodes", "density_weights")  # analysis.monitor.outputs.save_npz's
 
 
 class RunReadError(Exception):
