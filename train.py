@@ -89,7 +89,7 @@ def strategies(argv: list[str]) -> int:
 
 
 def bench(argv: list[str]) -> int:
-    """`pliable bench`: run a benchmark grid on Ray (analysis/study/grid.py)."""
+    """`pliable bench`: run a benchmark grid (local processes, or Ray with --address)."""
     from analysis.study.grid import main as bench_main
 
     return bench_main(argv)
@@ -121,7 +121,7 @@ def cli(argv: list[str] | None = None) -> int:
         print("usage: pliable {" + ",".join(COMMANDS) + "} ...\n\n"
               "  train       train an agent on a task sequence (pliable train --help)\n"
               "  strategies  list the plasticity strategies, their settings and papers\n"
-              "  bench       run a grid of strategy sets x sequences x seeds on Ray\n"
+              "  bench       run a grid of strategy sets x sequences x seeds (here, or on Ray)\n"
               "  report      tables, robust statistics and plots from a runs directory\n"
               "  spectrum    Hessian spectrum of a checkpoint's agent on a fresh batch",
               file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)

@@ -29,7 +29,14 @@ import torch
 from agents.adam import check_adam_betas
 from agents.base import Agent, Iteration, finished_episodes, register_agent
 from agents.context import StepContext
-from agents.errors import ConfigError
+from agents.errors import (
+    ConfigError,
+    at_least,
+    factor,
+    non_negative,
+    positive,
+    probability,
+)
 from agents.networks import make_spec
 from agents.replay import ReplayBuffer
 from envs.tasks import TaskSequence
@@ -38,32 +45,39 @@ from envs.tasks import TaskSequence
 @dataclass
 class DQNConfig:
     # CleanRL dqn_atari defaults
-    learning_rate: float = 1e-4
-    buffer_size: int = 1_000_000  # transitions (frame slots: ~7 KB each on Atari)
-    gamma: float = 0.99
-    tau: float = 1.0  # target update: 1 copies the online network, < 1 is Polyak averaging
-    target_network_frequency: int = 1000  # env steps between target updates
-    batch_size: int = 32
-    start_e: float = 1.0
-    end_e: float = 0.01
-    exploration_fraction: float = 0.1  # of the run's env steps (each task's, if restarted)
-    learning_starts: int = 80_000  # transitions stored since the buffer was empty, before training
-    train_frequency: int = 4  # env steps between train steps
+    learning_rate: float = field(default=1e-4, metadata=probability())
+    # transitions (frame slots: ~7 KB each on Atari)
+    buffer_size: int = field(default=1_000_000, metadata=at_least(1))
+    gamma: float = field(default=0.99, metadata=factor())
+    # target update: 1 copies the online network, < 1 is Polyak averaging
+    tau: float = field(default=1.0, metadata=factor())
+    # env steps between target updates
+    target_network_frequency: int = field(default=1000, metadata=at_least(1))
+    batch_size: int = field(default=32, metadata=at_least(1))
+    start_e: float = field(default=1.0, metadata=probability())
+    end_e: float = field(default=0.01, metadata=probability())
+    # of the run's env steps (each task's, if restarted)
+    exploration_fraction: float = field(default=0.1, metadata=factor())
+    # transitions stored since the buffer was empty, before training
+    learning_starts: int = field(default=80_000, metadata=at_least(0))
+    train_frequency: int = field(default=4, metadata=at_least(1))  # env steps between train steps
     loss: str = "mse"  # mse (CleanRL) | huber (Nature DQN)
-    max_grad_norm: Optional[float] = None  # CleanRL's DQN does not clip
-    adam_eps: float = 1e-8
+    # CleanRL's DQN does not clip
+    max_grad_norm: Optional[float] = field(default=None, metadata=positive())
+    adam_eps: float = field(default=1e-8, metadata=non_negative())
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # torch's defaults
     # plasticity-research options
     double_dqn: bool = False
-    n_step: int = 1
-    replay_ratio: float = 0.25  # gradient updates per env step (CleanRL: 1 per train_frequency)
+    n_step: int = field(default=1, metadata=at_least(1))
+    # gradient updates per env step (CleanRL: 1 per train_frequency)
+    replay_ratio: float = field(default=0.25, metadata=positive())
     restart_epsilon_at_switch: bool = False
     flush_buffer_at_switch: bool = False
     sync_target_at_switch: bool = True
-    log_every: int = 1000  # env steps per train_iteration (losses averaged, logged once)
+    # env steps per train_iteration (losses averaged, logged once)
+    log_every: int = field(default=1000, metadata=at_least(1))
 
-POSITIVE = ("buffer_size", "batch_size", "train_frequency", "target_network_frequency", "n_step",
-            "log_every")
+
 LOSSES = ("mse", "huber")
 
 
@@ -114,9 +128,6 @@ class DQN(Agent):
     @classmethod
     def check_config(cls, cfg) -> None:
         dqn, env = cfg.dqn, cfg.env
-        for key in POSITIVE:
-            if dqn[key] <= 0:
-                raise ConfigError(f"dqn.{key} must be a positive integer, got {dqn[key]}")
         if dqn.loss not in LOSSES:
             raise ConfigError(f"dqn.loss: '{dqn.loss}' is not one of {', '.join(LOSSES)}")
         updates = dqn.replay_ratio * dqn.train_frequency
@@ -132,10 +143,6 @@ class DQN(Agent):
         if dqn.buffer_size < room:
             raise ConfigError(f"dqn.buffer_size ({dqn.buffer_size}) must be at least {room} "
                               "(dqn.learning_starts plus env.num_envs × env.frame_stack)")
-        for key, low, high in (("tau", 0.0, 1.0), ("exploration_fraction", 0.0, 1.0),
-                               ("gamma", 0.0, 1.0)):
-            if not low < dqn[key] <= high:
-                raise ConfigError(f"dqn.{key} must lie in ({low:g}, {high:g}], got {dqn[key]}")
         if not 0.0 <= dqn.end_e <= dqn.start_e <= 1.0:
             raise ConfigError(f"dqn.end_e ({dqn.end_e}) and dqn.start_e ({dqn.start_e}) must "
                               "satisfy 0 <= end_e <= start_e <= 1")

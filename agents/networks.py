@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agents.errors import ConfigError
+from agents.errors import ConfigError, at_least, positive
 from envs.families import plain_layout
 from envs.info import ObservationLayout
 
@@ -23,8 +23,9 @@ from envs.info import ObservationLayout
 @dataclass
 class NetworkConfig:
     arch: str = "auto"  # auto | nature_cnn | minigrid_cnn | mlp
-    width: float = 1.0  # multiplies every hidden width
-    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])  # mlp only
+    width: float = field(default=1.0, metadata=positive())  # multiplies every hidden width
+    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64],  # mlp only
+                                    metadata=at_least(1, each=True))
     channels_last: bool = True  # convolutions in NHWC memory layout: ~25% faster on CPU (oneDNN)
 
 

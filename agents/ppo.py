@@ -16,7 +16,7 @@ import torch
 from agents.adam import check_adam_betas
 from agents.base import Agent, Iteration, finished_episodes, forked_rng, register_agent
 from agents.context import StepContext
-from agents.errors import ConfigError
+from agents.errors import ConfigError, at_least, non_negative, positive, probability
 from agents.networks import make_spec
 from envs.tasks import TaskSequence
 
@@ -24,24 +24,22 @@ from envs.tasks import TaskSequence
 @dataclass
 class PPOConfig:
     # CleanRL ppo_atari defaults
-    learning_rate: float = 2.5e-4
-    num_steps: int = 128
+    learning_rate: float = field(default=2.5e-4, metadata=probability())
+    num_steps: int = field(default=128, metadata=at_least(1))
     anneal_lr: bool = False  # CleanRL anneals to 0; a continual run usually keeps it constant
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    num_minibatches: int = 4
-    update_epochs: int = 4
+    gamma: float = field(default=0.99, metadata=probability())
+    gae_lambda: float = field(default=0.95, metadata=probability())
+    num_minibatches: int = field(default=4, metadata=at_least(1))
+    update_epochs: int = field(default=4, metadata=at_least(1))
     norm_adv: bool = True
-    clip_coef: float = 0.1
+    clip_coef: float = field(default=0.1, metadata=non_negative())
     clip_vloss: bool = True
-    ent_coef: float = 0.01
-    vf_coef: float = 0.5
-    max_grad_norm: float = 0.5
-    target_kl: Optional[float] = None
-    adam_eps: float = 1e-5
+    ent_coef: float = field(default=0.01, metadata=non_negative())
+    vf_coef: float = field(default=0.5, metadata=non_negative())
+    max_grad_norm: float = field(default=0.5, metadata=positive())
+    target_kl: Optional[float] = field(default=None, metadata=positive())
+    adam_eps: float = field(default=1e-5, metadata=non_negative())
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # torch's defaults
-
-POSITIVE = ("num_steps", "num_minibatches", "update_epochs")
 
 
 @dataclass
@@ -102,9 +100,6 @@ def sample_categorical(logits: torch.Tensor) -> torch.Tensor:
 class PPO(Agent):
     @classmethod
     def check_config(cls, cfg) -> None:
-        for key in POSITIVE:
-            if cfg.ppo[key] <= 0:
-                raise ConfigError(f"ppo.{key} must be a positive integer, got {cfg.ppo[key]}")
         batch = cfg.env.num_envs * cfg.ppo.num_steps
         if batch % cfg.ppo.num_minibatches:
             raise ConfigError(

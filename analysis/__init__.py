@@ -1,2 +1,2 @@
 """Measurement and study: spectral math (spectral/, a leaf every layer may import), the live
-spectral monitor (monitor/), and the study tools: Ray grids, reports, plots (study/)."""
+spectral monitor (monitor/), and the study tools: benchmark grids, reports, plots (study/)."""

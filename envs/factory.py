@@ -6,7 +6,7 @@ from __future__ import annotations
 import gymnasium as gym
 from gymnasium.wrappers.vector import RecordEpisodeStatistics
 
-from agents.errors import ConfigError
+from agents.errors import ConfigError, library_message
 from envs.families import EnvFamily, family_for
 from envs.info import EnvInfo, ObservationLayout
 from envs.tasks import TaskSequence, TaskSpec
@@ -52,7 +52,7 @@ class EnvFactory:
     def _common_spaces(self):
         spaces = []
         for task in self.sequence.tasks:
-            env = self.make_single(task)
+            env = self._first_env(task)
             spaces.append((task.name, env.observation_space, env.action_space))
             env.close()
         name0, obs0, act0 = spaces[0]
@@ -65,6 +65,18 @@ class EnvFactory:
         if not isinstance(act0, gym.spaces.Discrete):
             raise ConfigError(f"only discrete action spaces are supported, got {act0}")
         return obs0, act0
+
+    def _first_env(self, task: TaskSpec) -> gym.Env:
+        """The task's first env: what its library raises building it (an env constructor
+        rejecting its kwargs, an assertion on a size) is one line naming the task."""
+        try:
+            return self.make_single(task)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            kwargs = f" with kwargs {dict(task.kwargs)}" if task.kwargs else ""
+            raise ConfigError(f"task '{task.name}': {task.env_id}{kwargs} could not be built: "
+                              f"{library_message(exc)}") from None
 
     def _common_layout(self) -> ObservationLayout:
         layouts = {cls.name: cls.layout(self.observation_space) for cls in self.families}

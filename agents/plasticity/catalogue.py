@@ -9,7 +9,7 @@ import dataclasses
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from agents.errors import ConfigError
+from agents.errors import ConfigError, check_ranges
 from agents.plasticity import (  # noqa: F401  (each registers its strategies)
     architecture,
     churn,
@@ -45,7 +45,9 @@ def build_strategies(plasticity_cfg) -> StrategyStack:
             detail = ("unknown setting" if isinstance(exc, ConfigKeyError)
                       else str(exc).splitlines()[0])
             raise ConfigError(f"{key}: {detail} (settings: {fields})") from None
-        strategies.append(cls(OmegaConf.to_object(merged)))
+        settings = OmegaConf.to_object(merged)
+        check_ranges(settings, cls.Settings, f"plasticity.{name}")
+        strategies.append(cls(settings))
     return StrategyStack(strategies)
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 from torch.func import functional_call
 
+from agents.errors import at_least, non_negative
 from agents.plasticity.base import Strategy, register_strategy
 
 # The paper's relative loss scales: its PPO's (an agent with a policy head), its DQN's (others).
@@ -33,10 +34,12 @@ class CChain(Strategy):
     @dataclass
     class Settings:
         # relative loss scale; None: 0.05 with a policy head (PPO), else 0.01 (DQN)
-        target: Optional[float] = None
+        target: Optional[float] = field(default=None, metadata=non_negative())
         heads: Optional[list[str]] = None  # outputs whose churn counts; None: policy, else all
-        batch_size: int = 0  # reference batch; 0: the minibatch's size
-        window: int = 100  # gradient steps in the running means that set λ
+        # reference batch; 0: the minibatch's size
+        batch_size: int = field(default=0, metadata=at_least(0))
+        # gradient steps in the running means that set λ
+        window: int = field(default=100, metadata=at_least(1))
 
     def setup(self, ctx):
         self.generator = self.make_generator(ctx)

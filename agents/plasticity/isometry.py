@@ -26,10 +26,11 @@ parameters only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from agents.errors import at_least, non_negative
 from agents.plasticity.base import Strategy, check_mode_settings, register_strategy
 
 
@@ -81,10 +82,13 @@ def gram_deviation(weight: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class IsometrySettings:
-    coef: float = 1e-2  # ours: the paper's values are not public to us
+    # ours: the paper's values are not public to us
+    coef: float = field(default=1e-2, metadata=non_negative())
     estimator: str = "jacobian"  # jacobian (ours, at the data) | gram (weights; secondary source)
-    probes: int = 1  # Gaussian probes per sample (jacobian only)
-    samples: int = 32  # minibatch rows the Jacobians are taken at (0: all; jacobian only)
+    # Gaussian probes per sample (jacobian only)
+    probes: int = field(default=1, metadata=at_least(1))
+    # minibatch rows the Jacobians are taken at (0: all; jacobian only)
+    samples: int = field(default=32, metadata=at_least(0))
 
 
 def check_isometry_settings(strategy: str, settings: IsometrySettings) -> None:

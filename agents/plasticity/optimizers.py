@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from scipy.special import erfi
 
+from agents.errors import decay_rate, non_negative, positive
 from agents.plasticity.base import Strategy, register_strategy
 from agents.plasticity.isometry import IsometrySettings, check_isometry_settings, isometry_terms
 
@@ -43,7 +44,8 @@ class AdamO(torch.optim.Adam):
 
 @dataclass
 class AdamOSettings(IsometrySettings):
-    coef: float = 0.1  # λ: the isometry step is lr·λ·∇R (ours; the paper's is not public to us)
+    # λ: the isometry step is lr·λ·∇R (ours; the paper's is not public to us)
+    coef: float = field(default=0.1, metadata=non_negative())
 
 
 @register_strategy("adamo")
@@ -172,12 +174,13 @@ class Trac(Strategy):
     @dataclass
     class Settings:
         betas: list[float] = field(
-            default_factory=lambda: [0.9, 0.99, 0.999, 0.9999, 0.99999, 0.999999])
+            default_factory=lambda: [0.9, 0.99, 0.999, 0.9999, 0.99999, 0.999999],
+            metadata=decay_rate(each=True))
         # The paper's s_init is 1e-8: S then needs ~40 consistent steps to reach 1 and, with
         # PPO's noisy ⟨Δ, g⟩ on a sparse-reward task, stays at 0.01-0.3 (a first MiniGrid task
         # learned at 0.35 of plain Adam's AUC). From 1e-2, S starts at ~0.1 (README, trac).
-        s_init: float = 1e-2
-        eps: float = 1e-8
+        s_init: float = field(default=1e-2, metadata=positive())
+        eps: float = field(default=1e-8, metadata=positive())
 
     def configure_optimizer(self, factory):
         def build(params):

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from agents.adam import check_adam_betas
-from agents.errors import ConfigError
+from agents.errors import ConfigError, at_least, non_negative
 from agents.plasticity.base import (
     Strategy,
     StrategyStack,
@@ -43,7 +43,7 @@ class L2(Strategy):
 
     @dataclass
     class Settings:
-        coef: float = 1e-4
+        coef: float = field(default=1e-4, metadata=non_negative())
 
     def setup(self, ctx):
         self.params = weight_layer_params(ctx.network)
@@ -62,7 +62,7 @@ class L2Init(Strategy):
 
     @dataclass
     class Settings:
-        coef: float = 1e-2
+        coef: float = field(default=1e-2, metadata=non_negative())
 
     def setup(self, ctx):
         self.params = weight_layer_params(ctx.network)
@@ -86,14 +86,16 @@ class EffectiveRankSettings:
     mode: str = "step"  # step (the seed's: a plain ascent step) | penalty (a loss term)
     # mode step: θ ← θ + er_lr·∇ER after every er_batch-th gradient step, er_step times, on
     # er_batch × minibatch-size observations from ctx.sample_obs (at most max_obs)
-    er_lr: float = 1e-6
-    er_batch: int = 128
-    er_step: int = 1
-    max_obs: int = 2048  # ours (0: no cap): the seed's ER step sees one 2048-step rollout
+    er_lr: float = field(default=1e-6, metadata=non_negative())
+    er_batch: int = field(default=128, metadata=at_least(1))
+    er_step: int = field(default=1, metadata=at_least(1))
+    # ours (0: no cap): the seed's ER step sees one 2048-step rollout
+    max_obs: int = field(default=2048, metadata=at_least(0))
     # mode penalty: −coef·mean_l erank(F_l) added to the loss every every_steps gradient steps
-    coef: float = 1e-3
-    every_steps: int = 1
-    batch_size: int = 0  # 0: the minibatch's own features; n: n recent observations
+    coef: float = field(default=1e-3, metadata=non_negative())
+    every_steps: int = field(default=1, metadata=at_least(1))
+    # 0: the minibatch's own features; n: n recent observations
+    batch_size: int = field(default=0, metadata=at_least(0))
 
 
 MODE_SETTINGS = {"step": ("er_lr", "er_batch", "er_step", "max_obs"),
@@ -118,14 +120,6 @@ class EffectiveRank(Strategy):
     def __init__(self, settings, key: str = "effective_rank"):
         super().__init__(settings)
         check_mode_settings(key, settings, "mode", MODE_SETTINGS)
-        for name in ("er_batch", "er_step", "every_steps"):
-            if getattr(settings, name) < 1:
-                raise ConfigError(f"plasticity.{key}.{name} must be a positive integer, got "
-                                  f"{getattr(settings, name)}")
-        for name in ("max_obs", "batch_size", "er_lr"):
-            if getattr(settings, name) < 0:
-                raise ConfigError(f"plasticity.{key}.{name} must be >= 0, got "
-                                  f"{getattr(settings, name)}")
 
     def setup(self, ctx):
         self.generator = self.make_generator(ctx)
@@ -191,13 +185,11 @@ class WeightDecay(Strategy):
 
     @dataclass
     class Settings:
-        coef: float = 1e-3
+        coef: float = field(default=1e-3, metadata=non_negative())
 
     def __init__(self, settings, key: str = "weight_decay"):
         super().__init__(settings)
         self.key = key  # where its settings sit in the config (er_l2 nests one)
-        if settings.coef < 0:
-            raise ConfigError(f"plasticity.{key}.coef must be >= 0, got {settings.coef}")
 
     def configure_optimizer(self, factory):
         decay = getattr(factory, "keywords", {}).get("weight_decay", 0.0) + self.settings.coef
@@ -266,8 +258,8 @@ class Parseval(Strategy):
 
     @dataclass
     class Settings:
-        coef: float = 1e-3
-        scale: float = 1.0  # s
+        coef: float = field(default=1e-3, metadata=non_negative())
+        scale: float = field(default=1.0, metadata=non_negative())  # s
 
     def setup(self, ctx):
         self.layers = list(ctx.network.hidden_layers().values())
@@ -293,9 +285,9 @@ class SpectralRegularization(Strategy):
 
     @dataclass
     class Settings:
-        coef: float = 1e-4
-        target: float = 1.0
-        power_iterations: int = 1  # per gradient step
+        coef: float = field(default=1e-4, metadata=non_negative())
+        target: float = field(default=1.0, metadata=non_negative())
+        power_iterations: int = field(default=1, metadata=at_least(1))  # per gradient step
 
     def setup(self, ctx):
         generator = self.make_generator(ctx)

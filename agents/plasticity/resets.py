@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from agents.errors import ConfigError
+from agents.errors import ConfigError, at_least, factor, non_negative, probability
 from agents.plasticity import ops
 from agents.plasticity.base import Strategy, check_choice, register_strategy
 
@@ -34,8 +34,10 @@ class ShrinkPerturb(Strategy):
     @dataclass
     class Settings:
         when: str = "switch"  # switch | step
-        alpha: Optional[float] = None  # None: 0.5 at switches, 0.999999 per step
-        sigma: Optional[float] = None  # None: 0.5 at switches, 1e-6 per step
+        # None: 0.5 at switches, 0.999999 per step
+        alpha: Optional[float] = field(default=None, metadata=factor())
+        # None: 0.5 at switches, 1e-6 per step
+        sigma: Optional[float] = field(default=None, metadata=non_negative())
 
     def __init__(self, settings):
         super().__init__(settings)
@@ -80,7 +82,8 @@ class Reset(Strategy):
     class Settings:
         layers: list[str] = field(default_factory=lambda: ["heads"])
         at_switch: bool = True
-        every_steps: int = 0  # gradient steps between resets; 0: never
+        # gradient steps between resets; 0: never
+        every_steps: int = field(default=0, metadata=at_least(0))
 
     def __init__(self, settings):
         super().__init__(settings)
@@ -129,9 +132,10 @@ class ReDo(Strategy):
 
     @dataclass
     class Settings:
-        threshold: float = 0.025  # τ
-        every_steps: int = 1000  # gradient steps between checks
-        batch_size: int = 256
+        threshold: float = field(default=0.025, metadata=non_negative())  # τ
+        # gradient steps between checks
+        every_steps: int = field(default=1000, metadata=at_least(1))
+        batch_size: int = field(default=256, metadata=at_least(1))
 
     def setup(self, ctx):
         self.generator = self.make_generator(ctx)
@@ -173,9 +177,11 @@ class ContinualBackprop(Strategy):
 
     @dataclass
     class Settings:
-        replacement_rate: float = 1e-4
-        maturity: int = 10000  # gradient steps a unit must live before it can be replaced
-        decay: float = 0.99  # η of the utility's running average
+        replacement_rate: float = field(default=1e-4, metadata=probability())
+        # gradient steps a unit must live before it can be replaced
+        maturity: int = field(default=10000, metadata=at_least(0))
+        # η of the utility's running average
+        decay: float = field(default=0.99, metadata=probability())
 
     def setup(self, ctx):
         self.generator = self.make_generator(ctx)

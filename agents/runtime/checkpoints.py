@@ -20,10 +20,16 @@ Files in RUN_DIR/checkpoints/: `step_<step>.pt` (periodic, the newest `keep_last
 `switch_<segment>.pt` (at the start of every segment, all kept), `final.pt`; an agent's side files
 (`Agent.side_files()`: a DQN replay buffer, 7 GB for a 1M Atari buffer) in `<name>.<side>.pt`
 beside the newest `keep_last` checkpoints only, never beside the final one.
+
+A write that fails (disk full, permission lost) raises WriteFailed, which names the file and the
+OS's message; it leaves no partial file (nor the side files written for the checkpoint that
+failed) and touches no earlier checkpoint: the run stops (launch.py, exit status 74) and resumes
+from the last good one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import random
@@ -45,6 +51,27 @@ _LEAVES = (int, float, bool, str, type(None))
 
 class CheckpointError(ConfigError):
     """A checkpoint that cannot be used: one line, exit status 2 (it is bad input to resume)."""
+
+
+class WriteFailed(OSError):
+    """A file of the run could not be written (ENOSPC, EACCES, EIO, ...): `what` was being
+    written, `error` is the OSError. An OSError itself, so `except OSError` still catches it."""
+
+    def __init__(self, what: str, error: OSError):
+        super().__init__(error.errno, os_message(error))
+        self.what, self.error = what, error
+
+    def __str__(self) -> str:
+        return f"{self.what}: {os_message(self.error)}"
+
+
+def os_message(error: OSError) -> str:
+    """`[Errno 28] No space left on device`, without the (temporary) file name OSError adds."""
+    if isinstance(error, WriteFailed):
+        return str(error)
+    if error.errno is not None and error.strerror:
+        return f"[Errno {error.errno}] {error.strerror}"
+    return str(error) or type(error).__name__
 
 
 # -- file names -------------------------------------------------------------------------------
@@ -92,13 +119,15 @@ def prune(run_dir: Path, sequence, keep_last: int) -> None:
         if SIDE_FILE.match(path.name) and path not in keep:
             path.unlink()
     for path in (Path(run_dir) / CHECKPOINT_DIR).glob(".*.tmp-*"):
-        path.unlink()
+        path.unlink(missing_ok=True)
 
 
 # -- writing and reading ----------------------------------------------------------------------
 def atomic_save(obj, path: str | Path) -> None:
     """torch.save into a temporary file of the same directory, fsync, then rename over `path`:
-    a reader (or a crash at any instant) sees the old file or the new one, never a partial one."""
+    a reader (or a crash at any instant) sees the old file or the new one, never a partial one.
+    An OSError (disk full, ...) leaves `path` as it was and no temporary file; one raised after
+    the rename (the directory's fsync) has `renamed` set: the new file is complete and in place."""
     path = Path(path)
     check_loadable(obj, path.name)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -110,13 +139,18 @@ def atomic_save(obj, path: str | Path) -> None:
             os.fsync(file.fileno())
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the write's own error is the one to report
+            tmp.unlink(missing_ok=True)
         raise
-    directory = os.open(path.parent, os.O_RDONLY)
     try:
-        os.fsync(directory)  # makes the rename itself durable
-    finally:
-        os.close(directory)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # makes the rename itself durable
+        finally:
+            os.close(directory)
+    except OSError as exc:
+        exc.renamed = True
+        raise
 
 
 def check_loadable(value, where: str) -> None:
@@ -187,13 +221,27 @@ def trainer_state(trainer, kind: str) -> dict:
 
 
 def save_trainer(trainer, path: Path, kind: str, save_side_files: bool) -> None:
-    """The trainer's state in `path`; the agent's side files first, each in a file of its own."""
+    """The trainer's state in `path`; the agent's side files first, each in a file of its own.
+    WriteFailed if a file cannot be written: the side files already written for `path` are
+    removed again (unless `path` itself was written whole), earlier checkpoints untouched."""
     state = trainer_state(trainer, kind)
-    if save_side_files and kind != "final":
-        for name, part in trainer.agent.side_files().items():
-            atomic_save(part.state_dict(), side_path(path, name))
-            state["side_files"][name] = side_path(path, name).name
-    atomic_save(state, path)
+    written, main = [], False
+    try:
+        if save_side_files and kind != "final":
+            for name, part in trainer.agent.side_files().items():
+                side = side_path(path, name)
+                what = f"writing checkpoint {path.name}'s {name} file {side}"
+                atomic_save(part.state_dict(), side)
+                written.append(side)
+                state["side_files"][name] = side.name
+        what, main = f"writing checkpoint {path}", True
+        atomic_save(state, path)
+    except OSError as exc:
+        if not (main and getattr(exc, "renamed", False)):
+            for side in written:
+                with contextlib.suppress(OSError):
+                    side.unlink(missing_ok=True)
+        raise WriteFailed(what, exc) from None
 
 
 def load_trainer_state(trainer, state: dict, path: Path) -> list[str]:

@@ -17,7 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from agents.base import AGENTS
 from agents.catalogue import agent_class
-from agents.errors import ConfigError
+from agents.errors import ConfigError, at_least, check_ranges, non_negative, seed_range
 from agents.networks import CNN_TORSOS, NetworkConfig
 from agents.plasticity import build_strategies
 from analysis.monitor.config import CHOICES as MONITOR_CHOICES
@@ -33,15 +33,18 @@ class TaskConfig:
     env_id: str = MISSING
     name: Optional[str] = None  # readable name for logs; derived from env_id and kwargs if unset
     kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {mode: 4, difficulty: 1}
-    permute_obs: Optional[int] = None  # seed of a fixed permutation of observation elements
-    permute_actions: Optional[int] = None  # seed of a fixed permutation of the discrete actions
+    # seed of a fixed permutation of observation elements
+    permute_obs: Optional[int] = field(default=None, metadata=at_least(0))
+    # seed of a fixed permutation of the discrete actions
+    permute_actions: Optional[int] = field(default=None, metadata=at_least(0))
 
 
 @dataclass
 class SequenceConfig:
     tasks: list[TaskConfig] = field(default_factory=list)
-    switch_every: int = 100_000  # env steps (summed over envs) per task
-    cycles: int = 1  # passes over the task list
+    # env steps (summed over envs) per task
+    switch_every: int = field(default=100_000, metadata=at_least(1))
+    cycles: int = field(default=1, metadata=at_least(1))  # passes over the task list
     order: str = "fixed"  # fixed | shuffled (a new seeded order each cycle)
 
 
@@ -49,8 +52,11 @@ class SequenceConfig:
 class CheckpointConfig:
     """RUN_DIR/checkpoints/ (agents/runtime/checkpoints.py): what `--resume` continues from."""
 
-    every: int = 100_000  # env steps between periodic checkpoints (0: only at switches and the end)
-    keep_last: int = 2  # periodic checkpoints kept (switch and final ones are always kept)
+    # env steps between periodic checkpoints (0: only at switches and the end)
+    every: int = field(default=100_000,
+                       metadata=at_least(0, note="0: only at switches and the end"))
+    # periodic checkpoints kept (switch and final ones are always kept)
+    keep_last: int = field(default=2, metadata=at_least(1))
     # the agent's side files beside each checkpoint (DQN: its replay buffer), for an exact resume
     save_replay: bool = True
     at_switch: bool = True  # a checkpoint at every task start (switch_###.pt: `pliable spectrum`)
@@ -67,16 +73,17 @@ def config_schema() -> type:
 def _schema(agent_sections) -> type:
     fields = [
         ("agent", str, field(default="ppo")),  # a registered agent: ppo | dqn | ...
-        ("seed", int, field(default=1)),
+        ("seed", int, field(default=1, metadata=seed_range())),
         ("device", str, field(default="cpu")),  # cpu | cuda | cuda:N
         # 0: torch's default (one per core); 1 on a busy shared machine
-        ("torch_threads", int, field(default=0)),
+        ("torch_threads", int, field(default=0, metadata=at_least(0))),
         # torch.compile the gradient steps' forward/backward (little gain on CPU)
         ("compile", bool, field(default=False)),
         ("exp_name", str, field(default="")),  # defaults to the config file's stem
         ("runs_root", str, field(default="runs")),
         ("run_dir", Optional[str], field(default=None)),  # explicit run directory (must not exist)
-        ("print_every", float, field(default=5.0)),  # seconds between console progress lines
+        # seconds between console progress lines
+        ("print_every", float, field(default=5.0, metadata=non_negative())),
         ("env", EnvConfig, field(default_factory=EnvConfig)),
         ("sequence", SequenceConfig, field(default_factory=SequenceConfig)),
         ("network", NetworkConfig, field(default_factory=NetworkConfig)),
@@ -96,10 +103,6 @@ CHOICES = {
     **{f"monitor.{key}": allowed for key, allowed in MONITOR_CHOICES.items()},
     "sequence.order": ("fixed", "shuffled"),
 }
-POSITIVE_INTS = (
-    "env.num_envs", "sequence.switch_every", "sequence.cycles", "env.frame_skip",
-    "env.frame_stack", "env.screen_size", "checkpoint.keep_last",
-)
 
 
 def resolve_config_path(path: str | Path, directory: Path = CONFIG_DIR) -> Path:
@@ -187,17 +190,18 @@ def merge_config(base: DictConfig, update: DictConfig, source: str,
 
 
 def validate(cfg: DictConfig) -> None:
-    """Each section's checks beyond its types: the agents' own (`Agent.check_config`, every
-    registered agent's section, as each is in every config), the monitor's, the strategies'."""
+    """Each section's checks beyond its types: every field's declared range (`check_ranges`, one
+    walk of the whole schema), then the checks across fields: the agents' own
+    (`Agent.check_config`, every registered agent's section, as each is in every config), the
+    monitor's, the strategies' (their settings' ranges checked as they are built)."""
     agent_class(cfg.agent)
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             shown = ", ".join(a or '"" (none)' for a in allowed)
             raise ConfigError(f"{key}: '{value}' is not one of {shown}")
-    for key in POSITIVE_INTS:
-        if OmegaConf.select(cfg, key) <= 0:
-            raise ConfigError(f"{key} must be a positive integer, got {OmegaConf.select(cfg, key)}")
+    # every field's declared range (agents/errors.py), every section's, in one walk
+    check_ranges(cfg, config_schema())
     if not cfg.sequence.tasks:
         raise ConfigError("sequence.tasks is empty: list at least one task (env_id and kwargs)")
     if cfg.sequence.switch_every % cfg.env.num_envs:
@@ -205,19 +209,12 @@ def validate(cfg: DictConfig) -> None:
             f"sequence.switch_every ({cfg.sequence.switch_every}) must be a multiple of "
             f"env.num_envs ({cfg.env.num_envs}) so that tasks switch at exactly that step"
         )
-    if not 0.0 <= cfg.env.sticky_actions <= 1.0:
-        raise ConfigError(f"env.sticky_actions must lie in [0, 1], got {cfg.env.sticky_actions}")
-    if cfg.network.width <= 0:
-        raise ConfigError(f"network.width must be positive, got {cfg.network.width}")
     for agent in AGENTS.values():
         agent.check_config(cfg)
     check_monitor_config(cfg.monitor)
     # Strategy settings are checked by building the strategies (cheap: no network yet), so that
     # --print-config, training and `pliable bench` reject the same input.
     build_strategies(cfg.plasticity)
-    if cfg.checkpoint.every < 0:
-        raise ConfigError(f"checkpoint.every must be >= 0 (0: only at switches and the end), got "
-                          f"{cfg.checkpoint.every}")
 
 
 def _describe(exc: OmegaConfBaseException, schema: type) -> str:

@@ -1,13 +1,30 @@
 """`pliable train`: build everything, then open the run directory and train (resume.py continues
-a stopped run in its directory)."""
+a stopped run in its directory).
+
+A write that fails (a checkpoint, a side file, the event file, status.json, config.yaml: disk
+full, permission lost) stops the run with one line on stderr, `error: writing <file>: [Errno 28]
+No space left on device; the last good checkpoint is <path>`, and exit status 74 (EX_IOERR);
+status.json says `{"status": "failed", "reason": "write_failed", ...}` with the error and that
+checkpoint, or, if status.json cannot be written either, the line says so.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import signal
 import sys
 
+from agents.runtime.checkpoints import WriteFailed, os_message
 from agents.runtime.logger import RunLogger
-from agents.runtime.run_dir import log_config, new_run_dir, run_lock, save_config, write_status
+from agents.runtime.run_dir import (
+    log_config,
+    new_run_dir,
+    read_status,
+    run_lock,
+    save_config,
+    write_status,
+)
 from agents.runtime.safety import (
     Checkpointer,
     Diverged,
@@ -28,57 +45,118 @@ def build_trainer(cfg, observers=()) -> Trainer:
     return trainer
 
 
+EXIT_WRITE_FAILED = 74  # EX_IOERR of sysexits.h: a file could not be written
+# An OSError with one of these, raised by any writer (the spectral monitor's files, a strategy's),
+# is a write failure too, even if that writer did not say so with WriteFailed.
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
 def run_training(cfg, observers=(), stream=sys.stdout) -> int:
     trainer = build_trainer(cfg, observers)
-    run_dir = new_run_dir(cfg)
-    save_config(run_dir, cfg)
+    try:
+        run_dir = new_run_dir(cfg)
+    except WriteFailed as exc:
+        return report_write_failure(None, exc, None, 0)
+    except OSError as exc:  # the runs root cannot be written (permission, disk full)
+        failed = WriteFailed(f"creating the run directory under {cfg.runs_root}", exc)
+        return report_write_failure(None, failed, None, 0)
+    try:
+        save_config(run_dir, cfg)
+    except WriteFailed as exc:
+        return report_write_failure(run_dir, exc, None, 0)
     with run_lock(run_dir):
-        logger = RunLogger(run_dir, trainer.sequence.total_steps, cfg.print_every, stream)
+        try:
+            logger = RunLogger(run_dir, trainer.sequence.total_steps, cfg.print_every, stream)
+        except WriteFailed as exc:
+            return report_write_failure(run_dir, exc, None, 0)
         log_config(logger.writer, cfg)
         return train_in(run_dir, trainer, logger, stream)
 
 
-def train_in(run_dir, trainer, logger, stream=sys.stdout, restore=None) -> int:
+def train_in(run_dir, trainer, logger, stream=sys.stdout, restore=None, checkpoint=None) -> int:
     """Train to the end in `run_dir` (from the start, or from a checkpoint through `restore`, see
-    Trainer.run), keeping status.json and the checkpoints current; returns the exit status."""
+    Trainer.run; `checkpoint`: that checkpoint's path), keeping status.json and the checkpoints
+    current; returns the exit status."""
     ctx = trainer.ctx
     checkpointer = Checkpointer(trainer, run_dir, trainer.cfg.checkpoint, ctx.global_step)
+    checkpointer.last_path = checkpoint
     trainer.observers = [DivergenceCheck(), *trainer.observers, checkpointer]
-    write_status(run_dir, "running", step=ctx.global_step)
+    try:
+        write_status(run_dir, "running", step=ctx.global_step)
+    except WriteFailed as exc:
+        logger.close()
+        return report_write_failure(run_dir, exc, checkpoint, ctx.global_step)
     print(f"run directory: {run_dir}", file=stream, flush=True)
     resume = f"resume with: python train.py --resume {run_dir}"
     try:
         with stop_on_signals(checkpointer):
             trainer.run(logger, run_dir, restore=restore)
+        logger.flush()  # the final checkpoint flushed already: anything logged after it
     except Stopped as stop:
-        write_status(run_dir, "interrupted", step=ctx.global_step, checkpoint=str(stop.checkpoint))
+        try:
+            write_status(run_dir, "interrupted", step=ctx.global_step,
+                         checkpoint=str(stop.checkpoint))
+        except WriteFailed as exc:
+            return report_write_failure(run_dir, exc, stop.checkpoint, ctx.global_step)
         print(f"\n{signal.Signals(stop.signum).name}: stopped at step {ctx.global_step:,}, "
               f"checkpoint {stop.checkpoint}\n{resume}", file=stream)
         return 128 + stop.signum
     except KeyboardInterrupt:  # a second signal, or a Ctrl-C while no handler is installed
         last = checkpointer.last_path
-        write_status(run_dir, "interrupted", step=ctx.global_step, checkpoint=last and str(last))
+        try:
+            write_status(run_dir, "interrupted", step=ctx.global_step,
+                         checkpoint=last and str(last))
+        except WriteFailed as exc:
+            return report_write_failure(run_dir, exc, last, ctx.global_step)
         print(f"\ninterrupted at step {ctx.global_step:,}; the last checkpoint is {last}\n{resume}",
               file=stream)
         return 130
     except Diverged as exc:
         return report_divergence(run_dir, exc, checkpointer.last_path)
+    except WriteFailed as exc:
+        return report_write_failure(run_dir, exc, checkpointer.last_path, ctx.global_step)
     except Exception as exc:
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRORS:
+            failed = WriteFailed(f"writing {exc.filename or 'a file of the run'}", exc)
+            return report_write_failure(run_dir, failed, checkpointer.last_path, ctx.global_step)
         what = nonfinite_after_error(trainer)  # a NaN often fails a check first (logits, ...)
         if what is None:
-            write_status(run_dir, "failed", step=ctx.global_step, error=repr(exc))
+            with contextlib.suppress(WriteFailed):  # the error itself is the one to report
+                write_status(run_dir, "failed", step=ctx.global_step, error=repr(exc))
             raise
         diverged = Diverged(ctx.global_step, f"{what} ({type(exc).__name__} raised)")
         return report_divergence(run_dir, diverged, checkpointer.last_path)
     except BaseException as exc:
-        write_status(run_dir, "failed", step=ctx.global_step, error=repr(exc))
+        with contextlib.suppress(WriteFailed):
+            write_status(run_dir, "failed", step=ctx.global_step, error=repr(exc))
         raise
     finally:
         logger.close()
-    write_status(run_dir, "finished", step=ctx.global_step)
+    try:
+        write_status(run_dir, "finished", step=ctx.global_step)
+    except WriteFailed as exc:
+        return report_write_failure(run_dir, exc, checkpointer.last_path, ctx.global_step)
     print(f"done: {ctx.global_step:,} env steps in {run_dir}\n"
           f"view the curves: tensorboard --logdir {run_dir.parent}", file=stream)
     return 0
+
+
+def report_write_failure(run_dir, exc: WriteFailed, last_checkpoint, step: int) -> int:
+    """One line on stderr, status.json failed (reason write_failed, the error, the step, the last
+    good checkpoint), or the line says why status.json is not; exit status 74."""
+    message = f"{exc}; the last good checkpoint is {last_checkpoint}" if last_checkpoint \
+        else f"{exc}; no checkpoint was written before"
+    if run_dir is not None:
+        try:
+            write_status(run_dir, "failed", reason="write_failed", step=step, error=message,
+                         checkpoint=last_checkpoint and str(last_checkpoint))
+        except WriteFailed as status_failed:
+            said = read_status(run_dir).get("status")
+            message += ("; status.json could not be updated either "
+                        f"({os_message(status_failed.error)})"
+                        + (f" and still says '{said}'" if said else ""))
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_WRITE_FAILED
 
 
 def nonfinite_after_error(trainer) -> str | None:
@@ -92,7 +170,10 @@ def report_divergence(run_dir, exc: Diverged, last_checkpoint) -> int:
     """status.json says failed (reason diverged, the step, the last good checkpoint); exit 1."""
     message = f"{exc}; the last good checkpoint is {last_checkpoint}" if last_checkpoint \
         else f"{exc}; no checkpoint was written before"
-    write_status(run_dir, "failed", reason="diverged", step=exc.step, error=message,
-                 checkpoint=last_checkpoint and str(last_checkpoint))
+    try:
+        write_status(run_dir, "failed", reason="diverged", step=exc.step, error=message,
+                     checkpoint=last_checkpoint and str(last_checkpoint))
+    except WriteFailed as status_failed:
+        message += f"; status.json could not be updated ({os_message(status_failed.error)})"
     print(f"error: {message}", file=sys.stderr)
     return 1

@@ -1,14 +1,26 @@
-"""TensorBoard scalars with CleanRL's tags, plus the console progress line."""
+"""TensorBoard scalars with CleanRL's tags, plus the console progress line.
+
+TensorBoard writes the event file from a background thread (tensorboard's EventFileWriter). An
+OSError there (disk full, permission lost) would kill that thread with a traceback of its own,
+and resurface on the main thread at some later `add_*` call, wherever that is. Instead the
+thread's record writer keeps the first error and writes nothing after it (a file that ends early,
+no gap in it), and RunLogger raises it as WriteFailed at its next call, and at `flush`, which the
+Checkpointer calls before every checkpoint: no checkpoint claims events that are not on disk.
+"""
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import sys
+import threading
 import time
 
 import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
+
+from agents.runtime.checkpoints import WriteFailed
 
 
 class RunLogger:
@@ -17,7 +29,13 @@ class RunLogger:
         """`resume_step`: continue a run's event files from a checkpoint at that step; whatever
         the earlier process logged after it is hidden (TensorBoard's purge_step)."""
         purge_step = None if resume_step is None else resume_step + 1
-        self.writer = SummaryWriter(str(run_dir), purge_step=purge_step)
+        try:
+            with quiet_event_thread():
+                self.writer = SummaryWriter(str(run_dir), purge_step=purge_step)
+        except OSError as exc:
+            raise WriteFailed(f"writing the TensorBoard events in {run_dir}", exc) from None
+        self._events = EventWriteGuard.install(self.writer)
+        self.event_file = getattr(self._events, "file_name", f"in {run_dir}")
         self.total_steps = total_steps
         self.print_every = print_every
         self.stream = stream
@@ -28,6 +46,7 @@ class RunLogger:
 
     def scalars(self, values: dict, step: int) -> None:
         """Tensors are read back to the host once here, not per gradient step."""
+        self.check()
         for tag, value in values.items():
             if isinstance(value, torch.Tensor):
                 value = value.item()
@@ -35,6 +54,7 @@ class RunLogger:
 
     def episodes(self, episodes, task_name: str) -> None:
         """Finished episodes (agents.base.Episode), each at the step it ended."""
+        self.check()
         for episode in episodes:
             self.writer.add_scalar("charts/episodic_return", episode.ret, episode.step)
             self.writer.add_scalar("charts/episodic_length", episode.length, episode.step)
@@ -65,5 +85,71 @@ class RunLogger:
               f"SPS {sps:>6,} | {self.task_label} | return {ret} (last "
               f"{len(self.recent_returns)} ep)", file=self.stream, flush=True)
 
+    def check(self) -> None:
+        """WriteFailed if an event could not be written (by the writer's thread, since)."""
+        error = self._events and self._events.error
+        if error is not None:
+            raise WriteFailed(f"writing the TensorBoard events {self.event_file}", error)
+
+    def flush(self) -> None:
+        """Every event logged so far written to the file (the OS has it), or WriteFailed."""
+        try:
+            self.writer.flush()
+        except OSError as exc:  # a tensorboard whose thread the guard could not reach
+            raise WriteFailed(f"writing the TensorBoard events {self.event_file}", exc) from None
+        self.check()
+
     def close(self) -> None:
-        self.writer.close()
+        """Never raises: on the way out of a failed run the first error is the one to report."""
+        with contextlib.suppress(OSError):
+            self.writer.close()
+
+
+class EventWriteGuard:
+    """Wraps the record writer that tensorboard's writer thread calls: the first OSError is kept
+    in `error`, not raised in the thread, and nothing is written after it."""
+
+    def __init__(self, records, file_name: str | None):
+        self.error: OSError | None = None
+        self.file_name = file_name
+        for name in ("write", "flush"):
+            setattr(records, name, self._guarded(getattr(records, name)))
+
+    @classmethod
+    def install(cls, writer: SummaryWriter) -> EventWriteGuard | None:
+        """None if this tensorboard is built otherwise: its own error path then applies."""
+        try:
+            events = writer._get_file_writer().event_writer
+            records = events._async_writer._writer
+            return cls(records, getattr(events, "_file_name", None))
+        except AttributeError:
+            return None
+
+    def _guarded(self, call):
+        def guarded(*args):
+            if self.error is not None:
+                return None
+            try:
+                return call(*args)
+            except OSError as exc:
+                self.error = exc
+                return None
+        return guarded
+
+
+@contextlib.contextmanager
+def quiet_event_thread():
+    """While the writer opens its file (before the guard is in place): an OSError in its thread
+    is raised again by the main thread's flush, so the thread's own traceback is not printed."""
+    previous = threading.excepthook
+
+    def hook(args):
+        if not (issubclass(args.exc_type, OSError)
+                and type(args.thread).__name__ == "_AsyncWriterThread"):
+            previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous

@@ -20,13 +20,14 @@ from agents.errors import ConfigError
 from agents.runtime.checkpoints import (
     CHECKPOINT_DIR,
     CheckpointError,
+    WriteFailed,
     list_checkpoints,
     load_checkpoint,
     load_trainer_state,
     set_rng_state,
 )
 from agents.runtime.config import load_config
-from agents.runtime.launch import build_trainer, train_in
+from agents.runtime.launch import build_trainer, report_write_failure, train_in
 from agents.runtime.logger import RunLogger
 from agents.runtime.run_dir import run_lock, save_config
 from envs.tasks import TaskSequence
@@ -60,17 +61,20 @@ def resume_training(run_dir: str | Path, overrides=(), stream=sys.stdout) -> int
             raise CheckpointError(f"{path} does not belong to this run "
                                   f"({str(exc).strip().splitlines()[0]})") from None
         notes = [trainer.agent.without_side_file(name, state["step"]) for name in missing]
-        if overrides:
-            save_config(run_dir, cfg)
-        logger = RunLogger(run_dir, trainer.sequence.total_steps, cfg.print_every, stream,
-                           resume_step=state["step"])
+        try:
+            if overrides:
+                save_config(run_dir, cfg)
+            logger = RunLogger(run_dir, trainer.sequence.total_steps, cfg.print_every, stream,
+                               resume_step=state["step"])
+        except WriteFailed as exc:
+            return report_write_failure(run_dir, exc, path, state["step"])
         logger.task_label = state["logger"]["task_label"]
         logger.recent_returns.extend(state["logger"]["recent_returns"])
         print(f"resuming {run_dir} from {path.name} at step {state['step']:,}", file=stream)
         for note in notes:
             print(note, file=stream)
         restore = functools.partial(rebuild_envs, state=state, stream=stream)
-        return train_in(run_dir, trainer, logger, stream, restore)
+        return train_in(run_dir, trainer, logger, stream, restore, checkpoint=path)
 
 
 def newest_checkpoint(run_dir: Path, sequence) -> Path:

@@ -1,8 +1,13 @@
-"""A run directory: resolved config, status, TensorBoard events; never overwritten."""
+"""A run directory: resolved config, status, TensorBoard events; never overwritten.
+
+A file here that cannot be written (disk full, permission lost) raises WriteFailed
+(checkpoints.py), naming the file and the OS's message; status.json is replaced atomically, so a
+failed write leaves the previous status as it was."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import time
@@ -11,12 +16,29 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from torch.utils.tensorboard.summary import hparams
 
-from agents.errors import ConfigError
+from agents.errors import ConfigError, library_message
 from agents.plasticity import strategy_set_name
+from agents.runtime.checkpoints import WriteFailed
+
+# Errors of a directory that cannot be written at all (a real write failure, reported as one,
+# exit 74); any other OSError (a file in the way, no permission) is bad input.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS)
 
 
 def new_run_dir(cfg) -> Path:
-    """An explicit run_dir must not exist yet; a generated one gets a suffix if it does."""
+    """An explicit run_dir must not exist yet; a generated one gets a suffix if it does. A
+    directory that cannot be made there is a ConfigError naming the key and the OS's message."""
+    key, where = ("run_dir", cfg.run_dir) if cfg.run_dir else ("runs_root", cfg.runs_root)
+    try:
+        return _new_run_dir(cfg)
+    except OSError as exc:
+        if exc.errno in WRITE_ERRNOS:
+            raise
+        raise ConfigError(f"{key}: cannot create the run directory {where}: "
+                          f"{library_message(exc)}") from None
+
+
+def _new_run_dir(cfg) -> Path:
     if cfg.run_dir:
         path = Path(cfg.run_dir)
         if path.exists() and any(path.iterdir()):
@@ -40,8 +62,13 @@ def new_run_dir(cfg) -> Path:
 def write_status(run_dir: Path, status: str, **extra) -> None:
     payload = {"status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
     tmp = run_dir / "status.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(run_dir / "status.json")
+    try:
+        tmp.write_text(json.dumps(payload, indent=2))
+        tmp.replace(run_dir / "status.json")
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise WriteFailed(f"writing {run_dir / 'status.json'}", exc) from None
 
 
 def read_status(run_dir: Path) -> dict:
@@ -69,7 +96,19 @@ def run_lock(run_dir: Path):
 
 
 def save_config(run_dir: Path, cfg) -> None:
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    """Written in place, not renamed over: run_lock holds a lock on this very file. A failed
+    write puts the previous text back (a resume's overrides), so the run stays resumable."""
+    path = run_dir / "config.yaml"
+    previous = path.read_text() if path.is_file() else None
+    try:
+        path.write_text(OmegaConf.to_yaml(cfg))
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            if previous is None:
+                path.unlink(missing_ok=True)
+            else:
+                path.write_text(previous)
+        raise WriteFailed(f"writing {path}", exc) from None
 
 
 def flat_hparams(cfg) -> dict:

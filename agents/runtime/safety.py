@@ -13,6 +13,8 @@ It writes:
 - the final checkpoint at the end of the run.
 SIGINT/SIGTERM set a flag: the current iteration finishes, a checkpoint is written and the run
 stops with `Stopped`. A second signal stops at once (KeyboardInterrupt), the last checkpoint kept.
+Before every checkpoint the event file is flushed; a write that fails there or in the checkpoint
+raises WriteFailed (checkpoints.py), and `last_path` stays the last good checkpoint.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 import torch
 
 from agents.run_view import Observer
-from agents.runtime.checkpoints import checkpoint_path, prune, save_trainer
+from agents.runtime.checkpoints import WriteFailed, checkpoint_path, prune, save_trainer
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -80,7 +82,7 @@ class Checkpointer(Observer):
     def __init__(self, trainer, run_dir: Path, settings, start_step: int = 0):
         self.trainer, self.run_dir, self.settings = trainer, Path(run_dir), settings
         self.last_step = start_step  # step of the newest checkpoint (or where training began)
-        self.last_path: Path | None = None
+        self.last_path: Path | None = None  # the newest good checkpoint
         self.signum: int | None = None  # set by the signal handler
 
     def after_iteration(self, run) -> None:
@@ -100,10 +102,14 @@ class Checkpointer(Observer):
 
     def save(self, kind: str) -> None:
         trainer = self.trainer
+        trainer.logger.flush()  # the events up to this step are on disk before it is claimed
         path = checkpoint_path(self.run_dir, kind, trainer)
         save_trainer(trainer, path, kind, self.settings.save_replay)
         self.last_step, self.last_path = trainer.ctx.global_step, path
-        prune(self.run_dir, trainer.sequence, self.settings.keep_last)
+        try:
+            prune(self.run_dir, trainer.sequence, self.settings.keep_last)
+        except OSError as exc:
+            raise WriteFailed(f"removing old checkpoints in {path.parent}", exc) from None
         if self.signum is not None and kind != "final":
             raise Stopped(self.signum, path)
 

@@ -18,6 +18,7 @@ import torch
 
 from agents.base import derive_seed
 from agents.catalogue import agent_class
+from agents.errors import ConfigError, library_message
 from agents.plasticity import build_strategies
 from agents.run_view import Observer, RunView
 from envs.factory import EnvFactory
@@ -36,6 +37,18 @@ def segment_seed(seed: int, segment_index: int) -> int:
     return derive_seed(seed, segment_index)
 
 
+def usable_device(name: str) -> torch.device:
+    """`name` as a torch device this machine can compute on; otherwise (an unknown device type,
+    CUDA on a machine without it, an index past the last GPU) one line with torch's message."""
+    try:
+        device = torch.device(name)
+        torch.zeros(1, device=device).cpu()  # allocates and copies back: the device really works
+    except Exception as exc:
+        raise ConfigError(f"device: '{name}' cannot be used on this machine: "
+                          f"{library_message(exc)}") from None
+    return device
+
+
 class Trainer:
     def __init__(self, cfg, observers: list[Observer] = ()):
         """Builds and checks everything (envs, strategies, agent) before anything is written."""
@@ -45,7 +58,7 @@ class Trainer:
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         seed_everything(cfg.seed)
-        self.device = torch.device(cfg.device)
+        self.device = usable_device(cfg.device)
         self.sequence = TaskSequence.from_config(cfg.sequence, cfg.seed)
         self.env_factory = EnvFactory(cfg.env, self.sequence)
         self.strategies = build_strategies(cfg.plasticity)

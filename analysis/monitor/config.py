@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from agents.errors import ConfigError
+from agents.errors import ConfigError, at_least, factor, positive, seed_range
 
 
 @dataclass
@@ -18,32 +18,47 @@ class MonitorConfig:
 
     enabled: bool = False
     preset: str = ""  # "" | he2025 (MONITOR_PRESETS: He et al. 2025's measurement settings)
-    batch_size: int = 256  # samples per measured batch (a seeded subsample; a probe rollout)
-    top_k: int = 20  # Hessian eigenvalues, algebraically largest first
+    # samples per measured batch (a seeded subsample; a probe rollout)
+    batch_size: int = field(default=256, metadata=at_least(1))
+    # Hessian eigenvalues, algebraically largest first
+    top_k: int = field(default=20, metadata=at_least(1))
     method: str = "lanczos"  # lanczos (fixed steps, full re-orthogonalisation) | eigsh (ARPACK)
-    lanczos_steps: int = 80  # Hessian-vector products for the top-k (>= top_k; method=lanczos)
-    eigsh_tol: float = 1e-3  # relative residual of each Ritz pair (method=eigsh)
-    density_probes: int = 3  # spectral density by stochastic Lanczos quadrature:
-    density_steps: int = 25  # density_probes x density_steps Hessian-vector products
-    trace_probes: int = 10  # Hutchinson probes for the trace, off the top-k's Krylov space
-    eps: float = 0.01  # the relative ε of eps_rank_rel: eigenvalues above eps·λmax
-    tau: float = 0.01  # τ-trainability: share of the density above tau·λmax
+    # Hessian-vector products for the top-k (>= top_k; method=lanczos)
+    lanczos_steps: int = field(default=80, metadata=at_least(1))
+    # relative residual of each Ritz pair (method=eigsh)
+    eigsh_tol: float = field(default=1e-3, metadata=factor())
+    # spectral density by stochastic Lanczos quadrature:
+    density_probes: int = field(default=3, metadata=at_least(1))
+    # density_probes x density_steps Hessian-vector products
+    density_steps: int = field(default=25, metadata=at_least(1))
+    # Hutchinson probes for the trace, off the top-k's Krylov space
+    trace_probes: int = field(default=10, metadata=at_least(1))
+    # the relative ε of eps_rank_rel: eigenvalues above eps·λmax
+    eps: float = field(default=0.01, metadata=factor())
+    # τ-trainability: share of the density above tau·λmax
+    tau: float = field(default=0.01, metadata=factor())
     # He et al. 2025's ε-rank (eps_rank_he2025/<ε>: % of their density outside [-ε, ε]) at each
     he2025_eps: list[float] = field(
-        default_factory=lambda: [0.01, 0.02, 0.04, 0.08, 0.1, 0.2, 0.5, 1.0])
+        default_factory=lambda: [0.01, 0.02, 0.04, 0.08, 0.1, 0.2, 0.5, 1.0],
+        metadata=positive(each=True))
     density_kernel: str = "relative"  # smoothed density plots: relative (σ 1% of the span) | he2025
     pre_batch: str = "fresh"  # pre: fresh (a rollout with the current parameters) | last (batch)
     ggn: bool = True  # Gauss-Newton top-k (same method as the Hessian's)
-    ggn_steps: int = 40  # its Lanczos steps (>= top_k): its top 10 converge faster than H's
+    # its Lanczos steps (>= top_k): its top 10 converge faster than H's
+    ggn_steps: int = field(default=40, metadata=at_least(1))
     kfac: bool = True  # KFAC factors of every layer: ranks, the λ(A)·μ(G) spectrum
     jacobians: bool = True  # plasticity/*: singular values of each block's input-output Jacobian
     ntk: bool = True  # plasticity/*: rank of the empirical NTK Gram matrix on ntk_samples obs
-    ntk_samples: int = 32
-    every_steps: int = 0  # also measure every N env steps (0: only at task boundaries)
-    metrics_every: int = 500  # gradient updates between plasticity/* metrics (0: never)
+    ntk_samples: int = field(default=32, metadata=at_least(1))
+    # also measure every N env steps (0: only at task boundaries)
+    every_steps: int = field(default=0, metadata=at_least(0))
+    # gradient updates between plasticity/* metrics (0: never)
+    metrics_every: int = field(default=500, metadata=at_least(0))
     float64: bool = False  # Hessian products in double precision (~2x slower)
-    threads: int = 1  # torch threads while measuring (0: the run's); see the README's cost note
-    seed: int = 0  # the monitor's own RNG: subsamples, probe rollouts, Lanczos starts
+    # torch threads while measuring (0: the run's); see the README's cost note
+    threads: int = field(default=1, metadata=at_least(0))
+    # the monitor's own RNG: subsamples, probe rollouts, Lanczos starts
+    seed: int = field(default=0, metadata=seed_range())
 
 
 # monitor.preset: values between the schema's defaults and the user's file and overrides.
@@ -64,16 +79,8 @@ CHOICES = {
 
 
 def check_monitor_config(monitor) -> None:
-    for key in ("batch_size", "top_k", "lanczos_steps", "ggn_steps", "density_probes",
-                "density_steps", "trace_probes", "ntk_samples"):
-        if monitor[key] <= 0:
-            raise ConfigError(f"monitor.{key} must be a positive integer, got {monitor[key]}")
-    for key in ("every_steps", "metrics_every", "threads"):
-        if monitor[key] < 0:
-            raise ConfigError(f"monitor.{key} must be >= 0, got {monitor[key]}")
-    for key in ("eps", "tau", "eigsh_tol"):
-        if not 0.0 < monitor[key] <= 1.0:
-            raise ConfigError(f"monitor.{key} must lie in (0, 1], got {monitor[key]}")
+    """The checks beyond each field's declared range (agents.errors.check_ranges, run by the run
+    config's validate): he2025_eps's values distinct, the Lanczos steps at least top_k."""
     eps = list(monitor.he2025_eps)
     if not eps or min(eps) <= 0 or len({f"{e:g}" for e in eps}) < len(eps):
         raise ConfigError(f"monitor.he2025_eps must be a non-empty list of distinct positive "

@@ -3,6 +3,7 @@ a density plot, and the one-line console summary per task boundary."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,18 @@ def save_npz(path: Path, measurement: Measurement, **meta) -> None:
     and the metadata (step, phase, task, ...) in one file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     values = {**measurement.arrays, **measurement.scalars, "seconds": measurement.seconds}
-    np.savez(path, **{k: np.asarray(v) for k, v in {**values, **meta}.items()})
+    # Written aside and renamed: a full disk leaves the old file or none, never half of one.
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as file:
+            np.savez(file, **{k: np.asarray(v) for k, v in {**values, **meta}.items()})
+        os.replace(tmp, path)
+    except OSError as exc:  # named after the file the run wanted, not the temporary one
+        tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def log_measurement(writer, phase: str, measurement: Measurement, step: int) -> None:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from agents.errors import ConfigError
 from agents.runtime.launch import run_training
 from agents.runtime.run_dir import read_status, write_status
-from analysis.study.executors import RayExecutor
+from analysis.study.executors import LocalExecutor, RayExecutor
 from analysis.study.grid_config import Bench, Cell, check_cells, load_bench
 
 LOG_FILE = "stdout.log"
@@ -192,10 +192,11 @@ def print_plan(bench: Bench, out: TextIO) -> None:
 def bench_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pliable bench", description="Run a benchmark grid (strategy sets x sequences x "
-        "seeds) as Ray tasks.", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "seeds) as processes of this machine, or as Ray tasks on a cluster.", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="benchmark YAML file (or a name in configs/benchmarks/)")
-    parser.add_argument("--address", help="join this Ray cluster ('auto': this node's); "
-                        "default: start a local Ray instance sized to this machine")
+    parser.add_argument("--address", help="run on this Ray cluster ('auto': this node's); "
+                        "default: processes of this machine, as many as its CPUs allow")
     parser.add_argument("--dry-run", action="store_true",
                         help="list the runs and what would happen to each; run nothing")
     parser.add_argument("--max-parallel", type=int, metavar="N",
@@ -213,8 +214,11 @@ def main(argv: list[str]) -> int:
     if args.dry_run:
         print_plan(bench, sys.stdout)
         return 0
-    executor = RayExecutor(bench.cpus_per_run, bench.gpus_per_run, args.address,
-                           args.max_parallel)
+    if args.address:  # Ray, on a cluster
+        executor = RayExecutor(bench.cpus_per_run, bench.gpus_per_run, args.address,
+                               args.max_parallel)
+    else:  # processes of this machine: no port opened (Ray's local servers face the network)
+        executor = LocalExecutor(bench.cpus_per_run, bench.gpus_per_run, args.max_parallel)
     try:
         results = run_bench(bench, executor, sys.stdout)
     except KeyboardInterrupt:

@@ -60,7 +60,7 @@ class BenchConfig:
     sequences: dict[str, dict[str, Any]] = field(default_factory=dict)
     overrides: list[str] = field(default_factory=list)
     reference: bool = True
-    cpus_per_run: float = 1.0  # Ray resources of one run (torch gets as many threads)
+    cpus_per_run: float = 1.0  # resources of one run (torch gets as many threads)
     gpus_per_run: float = 0.0
 
 
@@ -115,7 +115,7 @@ def expand(bench: DictConfig, root: Path) -> list[Cell]:
     sequences = {key: OmegaConf.to_container(value) for key, value in bench.sequences.items()}
     sequences = sequences or {base.exp_name: {}}
     shared = list(bench.overrides)
-    if base.torch_threads == 0:  # one run per Ray slot: as many torch threads as its CPUs
+    if base.torch_threads == 0:  # one run per slot: as many torch threads as its CPUs
         shared.insert(0, f"torch_threads={max(1, math.ceil(bench.cpus_per_run))}")
     switch_off = [f"plasticity.{key}=null" for key in base.plasticity]
     cells = []
