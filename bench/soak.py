@@ -32,15 +32,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
 
 from agents.runtime.checkpoints import list_checkpoints, load_checkpoint  # noqa: E402
 from agents.runtime.run_dir import read_status  # noqa: E402
-from analysis.study.results import read_scalars  # noqa: E402
+from analysis.study.compare import run_differences  # noqa: E402
 
 OVERRIDES = ("print_every=0", "torch_threads=1", "sequence.switch_every=8192",
              "checkpoint.every=256")  # 3 x 8,192 steps, 96 iterations of 256 steps
-TIMING_TAGS = {"charts/SPS"}  # wall-clock: compared by step only
 
 
 class Process:
@@ -142,41 +140,6 @@ def resumed_line(process: Process, run_dir: Path) -> str:
             else "--resume, stopped before it loaded a checkpoint")
 
 
-def leaves(tree, prefix=""):
-    if isinstance(tree, dict):
-        for key in sorted(tree, key=str):
-            yield from leaves(tree[key], f"{prefix}.{key}")
-    elif isinstance(tree, (list, tuple)):
-        for index, item in enumerate(tree):
-            yield from leaves(item, f"{prefix}[{index}]")
-    else:
-        yield prefix, tree
-
-
-def differences(run_dir: Path, reference: Path) -> list[str]:
-    """What differs between the two runs' final checkpoints and logged scalars."""
-    found = []
-    a = dict(leaves(load_checkpoint(run_dir / "checkpoints" / "final.pt")))
-    b = dict(leaves(load_checkpoint(reference / "checkpoints" / "final.pt")))
-    if a.keys() != b.keys():
-        found.append(f"checkpoint keys differ: {sorted(a.keys() ^ b.keys())[:5]}")
-    for key in sorted(a.keys() & b.keys()):
-        same = torch.equal(a[key], b[key]) if isinstance(b[key], torch.Tensor) else a[key] == b[key]
-        if not same:
-            found.append(f"final.pt{key} differs")
-
-    def logged(directory):
-        rows = read_scalars(directory)[["metric", "step", "value"]].itertuples(index=False)
-        return sorted((tag, step, None if tag in TIMING_TAGS else repr(value))
-                      for tag, step, value in rows)
-    mine, theirs = logged(run_dir), logged(reference)
-    if mine != theirs:
-        extra, missing = set(mine) - set(theirs), set(theirs) - set(mine)
-        found.append(f"logged scalars differ: {len(extra)} extra, {len(missing)} missing "
-                     f"(e.g. {sorted(extra or missing)[:3]})")
-    return found
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sigterms", type=int, default=20)
@@ -233,7 +196,7 @@ def main(argv=None) -> int:
     if code != 0:
         problems.append(f"the uninterrupted run exited {code}: {err.strip()[-600:]}")
     if not problems:
-        problems += differences(run_dir, reference)
+        problems += run_differences(run_dir, reference)
     print(f"{len(kinds)} interruptions in {time.monotonic() - start:.0f} s; final checkpoints "
           "and scalars compared with the uninterrupted run's", flush=True)
     for problem in problems:

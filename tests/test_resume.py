@@ -6,7 +6,6 @@ import io
 import signal
 
 import pytest
-import torch
 from signals import Signals
 
 from agents.run_view import Observer
@@ -14,6 +13,7 @@ from agents.runtime.checkpoints import atomic_save, load_checkpoint
 from agents.runtime.launch import run_training
 from agents.runtime.resume import resume_training
 from agents.runtime.run_dir import read_status
+from analysis.study.compare import logged, run_differences
 from analysis.study.results import read_scalars
 
 PPO = ("tiny.yaml", "sequence.switch_every=512", "ppo.num_steps=32", "torch_threads=1",
@@ -28,8 +28,6 @@ MONITOR = ("monitor.enabled=true", "monitor.batch_size=64", "monitor.top_k=4",
            "monitor.lanczos_steps=8", "monitor.ggn_steps=8", "monitor.density_probes=1",
            "monitor.density_steps=8", "monitor.trace_probes=2", "monitor.metrics_every=12",
            "monitor.every_steps=384", "monitor.ntk=false", "monitor.jacobians=false")
-TIMING_TAGS = {"charts/SPS", "spectrum/pre/seconds", "spectrum/post/seconds",
-               "spectrum/periodic/seconds"}  # wall-clock: same steps, different values
 
 
 class CrashAt(Observer):
@@ -50,37 +48,11 @@ def train(cfg_factory, name, tmp_path, observers=()):
     return code, tmp_path / "run"
 
 
-def leaves(tree, prefix=""):
-    if isinstance(tree, dict):
-        for key in sorted(tree, key=str):
-            yield from leaves(tree[key], f"{prefix}.{key}")
-    elif isinstance(tree, (list, tuple)):
-        for index, item in enumerate(tree):
-            yield from leaves(item, f"{prefix}[{index}]")
-    else:
-        yield prefix, tree
-
-
 def assert_same_run(resumed_dir, reference_dir):
-    resumed = dict(leaves(load_checkpoint(resumed_dir / "checkpoints" / "final.pt")))
-    reference = dict(leaves(load_checkpoint(reference_dir / "checkpoints" / "final.pt")))
-    assert resumed.keys() == reference.keys()
-    for key, value in reference.items():
-        if isinstance(value, torch.Tensor):
-            assert torch.equal(resumed[key], value), key
-        else:
-            assert resumed[key] == value, key
+    assert not run_differences(resumed_dir, reference_dir)
     expected = logged(reference_dir)
-    assert logged(resumed_dir) == expected
     assert sum(metric == "charts/episodic_return" for metric, _, _ in expected) >= 5
     assert read_status(resumed_dir)["status"] == "finished"
-
-
-def logged(run_dir) -> list[tuple]:
-    """(tag, step, value) of every scalar as pliable report reads them (timings: no value)."""
-    rows = read_scalars(run_dir)[["metric", "step", "value"]].itertuples(index=False)
-    return sorted((tag, step, None if tag in TIMING_TAGS else repr(value))  # repr: nan == nan
-                  for tag, step, value in rows)
 
 
 @pytest.fixture(scope="module")
