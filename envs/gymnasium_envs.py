@@ -7,6 +7,7 @@ import gymnasium as gym
 import numpy as np
 
 from agents.errors import ConfigError
+from envs import atari, minigrid
 from envs.families import EnvFamily, known_id_patterns, make_registered, register_env_family
 from envs.info import ObservationLayout
 from envs.tasks import TaskSpec
@@ -34,8 +35,4 @@ class GymnasiumFamily(EnvFamily):
         if len(shape) != 3:
             scale = 1 / 255 if observation_space.dtype == np.uint8 else 1.0
             return ObservationLayout(image=False, arch="mlp", input_scale=scale)
-        if shape[-1] == 3 and shape[0] < 16:
-            return ObservationLayout(image=True, channels_last=True, arch="minigrid_cnn",
-                                     input_scale=0.1)
-        return ObservationLayout(image=True, channels_last=False, arch="nature_cnn",
-                                 input_scale=1 / 255)
+        return minigrid.LAYOUT if shape[-1] == 3 and shape[0] < 16 else atari.LAYOUT

@@ -30,6 +30,7 @@ from the last good one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pickle
 import random
@@ -51,6 +52,11 @@ _LEAVES = (int, float, bool, str, type(None))
 
 class CheckpointError(ConfigError):
     """A checkpoint that cannot be used: one line, exit status 2 (it is bad input to resume)."""
+
+
+# A disk that takes no more (full, over quota, read-only): whoever meets one of these is a write
+# failure, even a writer that did not say so with WriteFailed (a strategy's, a library's).
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 class WriteFailed(OSError):

@@ -11,11 +11,10 @@ checkpoint, or, if status.json cannot be written either, the line says so.
 from __future__ import annotations
 
 import contextlib
-import errno
 import signal
 import sys
 
-from agents.runtime.checkpoints import WriteFailed, os_message
+from agents.runtime.checkpoints import DISK_ERRNOS, WriteFailed, os_message
 from agents.runtime.logger import RunLogger
 from agents.runtime.run_dir import (
     log_config,
@@ -46,20 +45,14 @@ def build_trainer(cfg, observers=()) -> Trainer:
 
 
 EXIT_WRITE_FAILED = 74  # EX_IOERR of sysexits.h: a file could not be written
-# An OSError with one of these, raised by any writer (the spectral monitor's files, a strategy's),
-# is a write failure too, even if that writer did not say so with WriteFailed.
-DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 def run_training(cfg, observers=(), stream=sys.stdout) -> int:
     trainer = build_trainer(cfg, observers)
     try:
         run_dir = new_run_dir(cfg)
-    except WriteFailed as exc:
+    except WriteFailed as exc:  # a full or read-only disk (bad paths are ConfigErrors)
         return report_write_failure(None, exc, None, 0)
-    except OSError as exc:  # the runs root cannot be written (permission, disk full)
-        failed = WriteFailed(f"creating the run directory under {cfg.runs_root}", exc)
-        return report_write_failure(None, failed, None, 0)
     try:
         save_config(run_dir, cfg)
     except WriteFailed as exc:
@@ -116,7 +109,7 @@ def train_in(run_dir, trainer, logger, stream=sys.stdout, restore=None, checkpoi
     except WriteFailed as exc:
         return report_write_failure(run_dir, exc, checkpointer.last_path, ctx.global_step)
     except Exception as exc:
-        if isinstance(exc, OSError) and exc.errno in DISK_ERRORS:
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
             failed = WriteFailed(f"writing {exc.filename or 'a file of the run'}", exc)
             return report_write_failure(run_dir, failed, checkpointer.last_path, ctx.global_step)
         what = nonfinite_after_error(trainer)  # a NaN often fails a check first (logits, ...)
@@ -142,13 +135,19 @@ def train_in(run_dir, trainer, logger, stream=sys.stdout, restore=None, checkpoi
 
 
 def report_write_failure(run_dir, exc: WriteFailed, last_checkpoint, step: int) -> int:
-    """One line on stderr, status.json failed (reason write_failed, the error, the step, the last
-    good checkpoint), or the line says why status.json is not; exit status 74."""
+    """A file could not be written: exit status 74."""
+    report_failure(run_dir, "write_failed", exc, step, last_checkpoint)
+    return EXIT_WRITE_FAILED
+
+
+def report_failure(run_dir, reason: str, exc: Exception, step: int, last_checkpoint) -> None:
+    """One line on stderr naming `exc` and the last good checkpoint; status.json failed (the
+    reason, the step, that line, the checkpoint), or the line says why status.json is not."""
     message = f"{exc}; the last good checkpoint is {last_checkpoint}" if last_checkpoint \
         else f"{exc}; no checkpoint was written before"
     if run_dir is not None:
         try:
-            write_status(run_dir, "failed", reason="write_failed", step=step, error=message,
+            write_status(run_dir, "failed", reason=reason, step=step, error=message,
                          checkpoint=last_checkpoint and str(last_checkpoint))
         except WriteFailed as status_failed:
             said = read_status(run_dir).get("status")
@@ -156,7 +155,6 @@ def report_write_failure(run_dir, exc: WriteFailed, last_checkpoint, step: int) 
                         f"({os_message(status_failed.error)})"
                         + (f" and still says '{said}'" if said else ""))
     print(f"error: {message}", file=sys.stderr)
-    return EXIT_WRITE_FAILED
 
 
 def nonfinite_after_error(trainer) -> str | None:
@@ -167,13 +165,6 @@ def nonfinite_after_error(trainer) -> str | None:
 
 
 def report_divergence(run_dir, exc: Diverged, last_checkpoint) -> int:
-    """status.json says failed (reason diverged, the step, the last good checkpoint); exit 1."""
-    message = f"{exc}; the last good checkpoint is {last_checkpoint}" if last_checkpoint \
-        else f"{exc}; no checkpoint was written before"
-    try:
-        write_status(run_dir, "failed", reason="diverged", step=exc.step, error=message,
-                     checkpoint=last_checkpoint and str(last_checkpoint))
-    except WriteFailed as status_failed:
-        message += f"; status.json could not be updated ({os_message(status_failed.error)})"
-    print(f"error: {message}", file=sys.stderr)
+    """Training diverged: exit status 1."""
+    report_failure(run_dir, "diverged", exc, exc.step, last_checkpoint)
     return 1

@@ -7,7 +7,6 @@ failed write leaves the previous status as it was."""
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import time
@@ -18,11 +17,7 @@ from torch.utils.tensorboard.summary import hparams
 
 from agents.errors import ConfigError, library_message
 from agents.plasticity import strategy_set_name
-from agents.runtime.checkpoints import WriteFailed
-
-# Errors of a directory that cannot be written at all (a real write failure, reported as one,
-# exit 74); any other OSError (a file in the way, no permission) is bad input.
-WRITE_ERRNOS = (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS)
+from agents.runtime.checkpoints import DISK_ERRNOS, WriteFailed
 
 
 def new_run_dir(cfg) -> Path:
@@ -32,8 +27,8 @@ def new_run_dir(cfg) -> Path:
     try:
         return _new_run_dir(cfg)
     except OSError as exc:
-        if exc.errno in WRITE_ERRNOS:
-            raise
+        if exc.errno in DISK_ERRNOS:  # a full or read-only disk: exit 74; else bad input
+            raise WriteFailed(f"creating the run directory {where}", exc) from None
         raise ConfigError(f"{key}: cannot create the run directory {where}: "
                           f"{library_message(exc)}") from None
 
