@@ -23,6 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Optional
 
+import gymnasium as gym
 import numpy as np
 import torch
 
@@ -153,6 +154,10 @@ class DQN(Agent):
         self.num_envs = cfg.env.num_envs
         self.device = device
         self.reward_transform = env.reward_transform
+        if not isinstance(env.action_space, gym.spaces.Discrete):
+            raise ConfigError(f"agent=dqn needs discrete actions (one Q-value each); these tasks "
+                              f"act in {env.action_space}: use agent=ppo, whose Gaussian policy "
+                              "acts on continuous actions")
         self.num_actions = int(env.action_space.n)
         self.obs_shape, self.obs_dtype = env.observation_space.shape, env.observation_space.dtype
         self.frame_stack = env.replay_frame_stack

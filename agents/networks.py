@@ -1,12 +1,16 @@
 """Networks built from a spec of named hidden blocks, so strategies and metrics find layers by name.
 
-A block is layer (Conv2d or Linear) -> optional norm -> activation -> optional max-pool. Strategies
-edit the spec before the network is built (`configure_network`: CReLU, LayerNorm, ...), and find
-hidden layers afterwards through `hidden_layers()`; nothing ever indexes layers by position.
+A block is layer (Conv2d or Linear) -> optional norm -> activation -> optional max-pool. Blocks
+form towers: one shared torso (tower ""), or one tower per head (`network.separate_heads`: PPO's
+actor and critic MLPs, blocks `actor_fc1`, `critic_fc1`, ...); each head reads its tower's last
+block. Strategies edit the spec before the network is built (`configure_network`: CReLU,
+LayerNorm, ...), and find hidden layers afterwards through `hidden_layers()`; nothing ever indexes
+layers by position.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Optional
@@ -26,7 +30,18 @@ class NetworkConfig:
     width: float = field(default=1.0, metadata=positive())  # multiplies every hidden width
     hidden_sizes: list[int] = field(default_factory=lambda: [64, 64],  # mlp only
                                     metadata=at_least(1, each=True))
+    activation: str = "relu"  # relu | tanh: every hidden block's (the crelu strategy replaces it)
+    # orthogonal: CleanRL's layer_init (gain √2 hidden, the agent's per head) | lecun_uniform:
+    # Flax's default, U(±√(3/fan_in)) on every layer, heads too (lop-jax's actor and critic)
+    init: str = "orthogonal"
+    # every head its own copy of the hidden layers (PPO: separate actor and critic MLPs, as both
+    # Slippery-Ant papers use) instead of one shared torso
+    separate_heads: bool = False
     channels_last: bool = True  # convolutions in NHWC memory layout: ~25% faster on CPU (oneDNN)
+
+
+ACTIVATIONS = ("relu", "tanh")
+INITS = ("orthogonal", "lecun_uniform")
 
 
 @dataclass
@@ -37,6 +52,7 @@ class BlockSpec:
     kernel: int = 0
     stride: int = 1
     pool: int = 0  # max-pool kernel after the activation (0: none)
+    tower: str = ""  # "": the shared torso; else the tower of the heads that read it
 
 
 @dataclass
@@ -45,12 +61,17 @@ class NetworkSpec:
     blocks: list[BlockSpec]
     heads: dict[str, int]  # head name -> output size
     head_gains: dict[str, float] = field(default_factory=dict)
+    head_towers: dict[str, str] = field(default_factory=dict)  # head -> its tower (default "")
+    # heads whose output ignores the input: a learned vector, zero at init, broadcast over the
+    # batch (the Gaussian policy's state-independent log-std)
+    constant_heads: dict[str, int] = field(default_factory=dict)
     input_scale: float = 1.0  # uint8 inputs are converted inside the network
     channels_last_input: bool = False  # images come as HWC (the env family's layout says)
     channels_last: bool = True  # image inputs, hence every conv, in NHWC memory layout
-    activation: str = "relu"  # relu | crelu
+    activation: str = "relu"  # relu | tanh | crelu
     layer_norm: bool = False
     hidden_gain: float = math.sqrt(2)
+    init: str = "orthogonal"  # orthogonal | lecun_uniform
 
 
 def nature_cnn(obs_shape, width: float = 1.0) -> list[BlockSpec]:
@@ -75,10 +96,25 @@ CNN_TORSOS = {"minigrid_cnn": minigrid_cnn, "nature_cnn": nature_cnn}
 
 def make_spec(net_cfg, observation_space, heads: dict[str, int],
               head_gains: Optional[dict[str, float]] = None,
-              layout: Optional[ObservationLayout] = None) -> NetworkSpec:
+              layout: Optional[ObservationLayout] = None,
+              towers: Optional[dict[str, str]] = None,
+              constant_heads: Optional[dict[str, int]] = None) -> NetworkSpec:
     """The spec of a network reading `observation_space` laid out as `layout` says (HWC or CHW
     images, input scale, network.arch=auto's choice): the env family's, EnvFactory.info.layout;
-    None: gymnasium's own rule for a bare space (envs.families.plain_layout)."""
+    None: gymnasium's own rule for a bare space (envs.families.plain_layout). With
+    network.separate_heads, head h gets its own blocks in tower `towers[h]` (default: h)."""
+    spec = _torso_spec(net_cfg, observation_space, heads, head_gains, layout)
+    spec.activation, spec.init = net_cfg.activation, net_cfg.init
+    spec.constant_heads = dict(constant_heads or {})
+    if net_cfg.separate_heads:
+        names = {head: (towers or {}).get(head, head) for head in heads}
+        spec.blocks = [dataclasses.replace(block, name=f"{tower}_{block.name}", tower=tower)
+                       for tower in dict.fromkeys(names.values()) for block in spec.blocks]
+        spec.head_towers = names
+    return spec
+
+
+def _torso_spec(net_cfg, observation_space, heads, head_gains, layout) -> NetworkSpec:
     layout = layout or plain_layout(observation_space)
     shape = tuple(observation_space.shape)
     arch = layout.arch if net_cfg.arch == "auto" else net_cfg.arch
@@ -122,6 +158,7 @@ class Block(nn.Module):
             self.layer = nn.Linear(in_features, spec.out)
             self.norm = nn.LayerNorm(spec.out) if net.layer_norm else nn.Identity()
         self.crelu = net.activation == "crelu"
+        self.activation = torch.tanh if net.activation == "tanh" else F.relu
         self.pool = spec.pool
 
     @property
@@ -137,33 +174,54 @@ class Block(nn.Module):
         if self.crelu:
             x = torch.cat([F.relu(x), F.relu(-x)], dim=1)
         else:
-            x = F.relu(x)
+            x = self.activation(x)
         if self.pool:
             x = F.max_pool2d(x, self.pool)
         return x
 
 
+class ConstantHead(nn.Module):
+    """A head whose output ignores the input: one learned vector (zero at init) per sample."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.out_features = size
+        self.bias = nn.Parameter(torch.zeros(size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bias.expand(x.shape[0], -1)
+
+
 class Network(nn.Module):
-    """Shared torso of named blocks, then one linear head per output."""
+    """Towers of named blocks (one shared torso, or one per head), then one head per output."""
 
     def __init__(self, spec: NetworkSpec):
         super().__init__()
         self.spec = spec
         self.blocks = nn.ModuleDict()
-        probe = self._prepare(torch.zeros((1, *spec.input_shape)))
+        self.towers: dict[str, list[str]] = {}  # tower -> its blocks, in forward order
+        widths = {}
         for block_spec in spec.blocks:
-            in_features = probe.shape[1] if not (block_spec.kind == "linear") else (
-                probe.flatten(1).shape[1])
-            block = Block(block_spec, in_features, spec)
-            self.blocks[block_spec.name] = block
-            probe = block(probe)
+            self.towers.setdefault(block_spec.tower, [])
+        for tower in self.towers or {"": []}:
+            probe = self._prepare(torch.zeros((1, *spec.input_shape)))
+            for block_spec in (b for b in spec.blocks if b.tower == tower):
+                in_features = probe.shape[1] if not (block_spec.kind == "linear") else (
+                    probe.flatten(1).shape[1])
+                block = Block(block_spec, in_features, spec)
+                self.blocks[block_spec.name] = block
+                self.towers[tower].append(block_spec.name)
+                probe = block(probe)
+            widths[tower] = probe.flatten(1).shape[1]
         self._tiny_images = has_tiny_images(spec)
-        width = probe.flatten(1).shape[1]
-        self.heads = nn.ModuleDict({name: nn.Linear(width, size)
+        self.head_towers = {name: spec.head_towers.get(name, "") for name in spec.heads}
+        self.heads = nn.ModuleDict({name: nn.Linear(widths[self.head_towers[name]], size)
                                     for name, size in spec.heads.items()})
+        self.heads.update({name: ConstantHead(size)
+                           for name, size in spec.constant_heads.items()})
         self.reset_parameters()
 
-    # -- initialisation (CleanRL's layer_init: orthogonal weights, zero biases) --------------
+    # -- initialisation ------------------------------------------------------------------------
     def init_gain(self, module_name: str) -> float:
         if module_name.startswith("heads."):
             return self.spec.head_gains.get(module_name.split(".")[1], 1.0)
@@ -171,8 +229,16 @@ class Network(nn.Module):
 
     def init_layer_(self, module_name: str, layer: nn.Module,
                     generator: Optional[torch.Generator] = None) -> None:
-        """Re-draw a layer's weights from its initialiser (used by resets and perturbations)."""
-        nn.init.orthogonal_(layer.weight, self.init_gain(module_name), generator=generator)
+        """Re-draw a layer's parameters from its initialiser (used by resets and perturbations):
+        CleanRL's layer_init (orthogonal weights, zero biases) or Flax's lecun_uniform."""
+        if isinstance(layer, ConstantHead):
+            nn.init.zeros_(layer.bias)
+            return
+        if self.spec.init == "lecun_uniform":
+            bound = math.sqrt(3 / layer.weight[0].numel())  # fan_in: one output's inputs
+            nn.init.uniform_(layer.weight, -bound, bound, generator=generator)
+        else:
+            nn.init.orthogonal_(layer.weight, self.init_gain(module_name), generator=generator)
         nn.init.zeros_(layer.bias)
 
     def reset_parameters(self) -> None:
@@ -181,14 +247,27 @@ class Network(nn.Module):
 
     # -- structure, by name ----------------------------------------------------------------
     def hidden_layers(self) -> dict[str, nn.Module]:
-        """Hidden block name -> its Conv2d/Linear, in forward order."""
+        """Hidden block name -> its Conv2d/Linear, in forward order (tower by tower)."""
         return {name: block.layer for name, block in self.blocks.items()}
 
     def weight_layers(self) -> dict[str, nn.Module]:
-        """Module path -> every Conv2d/Linear (hidden layers and heads)."""
+        """Module path -> every Conv2d/Linear (hidden layers and heads; constant heads have no
+        weight and are left out)."""
         layers = {f"blocks.{n}.layer": b.layer for n, b in self.blocks.items()}
-        layers.update({f"heads.{n}": h for n, h in self.heads.items()})
+        layers.update({f"heads.{n}": h for n, h in self.heads.items()
+                       if not isinstance(h, ConstantHead)})
         return layers
+
+    def consumers(self, block_name: str) -> list[nn.Module]:
+        """The layers reading a hidden block's output: the next block of its tower, or, after
+        its tower's last block, every head reading that tower."""
+        tower = self.blocks[block_name].spec.tower
+        names = self.towers[tower]
+        position = names.index(block_name)
+        if position + 1 < len(names):
+            return [self.blocks[names[position + 1]].layer]
+        return [head for name, head in self.heads.items()
+                if self.head_towers.get(name) == tower]
 
     # -- forward -----------------------------------------------------------------------------
     def _prepare(self, obs: torch.Tensor) -> torch.Tensor:
@@ -203,13 +282,17 @@ class Network(nn.Module):
 
     def forward(self, obs: torch.Tensor, return_features: bool = False):
         """Head outputs (name -> tensor); with return_features also each block's activations."""
-        x = self._prepare(obs)
-        features = {}
-        for name, block in self.blocks.items():
-            x = block(x)
-            features[name] = x
-        x = x.flatten(1)
-        outputs = {name: head(x) for name, head in self.heads.items()}
+        inputs = self._prepare(obs)
+        features, last = {}, {}
+        for tower, names in self.towers.items():
+            x = inputs
+            for name in names:
+                x = self.blocks[name](x)
+                features[name] = x
+            last[tower] = x.flatten(1)
+        last = last or {"": inputs.flatten(1)}
+        outputs = {name: head(last[self.head_towers[name]] if name in self.head_towers
+                              else inputs) for name, head in self.heads.items()}
         return (outputs, features) if return_features else outputs
 
     @torch.no_grad()
@@ -229,6 +312,6 @@ class Network(nn.Module):
 
     def block_inputs(self, obs: torch.Tensor, features: dict[str, torch.Tensor]):
         """Each hidden block's input, from forward's features: what layer-wise Jacobians take."""
-        names = list(self.blocks)
-        return {name: self._prepare(obs) if i == 0 else features[names[i - 1]]
-                for i, name in enumerate(names)}
+        inputs = self._prepare(obs)
+        return {name: inputs if i == 0 else features[names[i - 1]]
+                for names in self.towers.values() for i, name in enumerate(names)}

@@ -1,5 +1,8 @@
-"""PPO, faithful to CleanRL's ppo_atari: GAE, clipped objective and value loss, entropy bonus,
-advantage normalisation, gradient clipping, minibatches x epochs, optional LR annealing.
+"""PPO, faithful to CleanRL's ppo_atari and ppo_continuous_action: GAE, clipped objective and value
+loss, entropy bonus, advantage normalisation, gradient clipping, minibatches x epochs, optional LR
+annealing; a categorical policy on discrete actions, a diagonal Gaussian with a state-independent
+log-std on continuous ones (agents/policies.py), from a shared torso or separate actor and critic
+networks (network.separate_heads).
 
 Differences on purpose: rollouts may be shortened so a task switch lands on its exact step, and
 every gradient step goes through the shared `Learner.optimize` (strategies hook in there).
@@ -18,6 +21,7 @@ from agents.base import Agent, Iteration, finished_episodes, forked_rng, registe
 from agents.context import StepContext
 from agents.errors import ConfigError, at_least, non_negative, positive, probability
 from agents.networks import make_spec
+from agents.policies import policy_for
 from envs.tasks import TaskSequence
 
 
@@ -36,7 +40,8 @@ class PPOConfig:
     clip_vloss: bool = True
     ent_coef: float = field(default=0.01, metadata=non_negative())
     vf_coef: float = field(default=0.5, metadata=non_negative())
-    max_grad_norm: float = field(default=0.5, metadata=positive())
+    # null: no clipping (He et al.'s setting)
+    max_grad_norm: Optional[float] = field(default=0.5, metadata=positive())
     target_kl: Optional[float] = field(default=None, metadata=positive())
     adam_eps: float = field(default=1e-5, metadata=non_negative())
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # torch's defaults
@@ -81,21 +86,6 @@ def compute_gae(rewards, values, dones, next_value, next_done, gamma: float, lam
     return advantages, advantages + values
 
 
-def log_prob_and_entropy(logits: torch.Tensor, actions: torch.Tensor):
-    """Categorical(logits).log_prob(actions) and .entropy(), from one log_softmax: half the
-    time of building the distribution, whose argument checks and logsumexp dominate on small
-    minibatches (bench/levers.py)."""
-    log_p = logits.log_softmax(-1)
-    return log_p.gather(-1, actions.unsqueeze(-1)).squeeze(-1), -(log_p.exp() * log_p).sum(-1)
-
-
-def sample_categorical(logits: torch.Tensor) -> torch.Tensor:
-    """torch.multinomial(softmax(logits), 1)'s draw, from the same RNG state (its one-sample path:
-    argmax of probs over Exp(1) noise), without its input checks, which cost 30 µs a step."""
-    probs = logits.softmax(-1)
-    return (probs / torch.empty_like(probs).exponential_()).argmax(-1)
-
-
 @register_agent("ppo", config=PPOConfig)
 class PPO(Agent):
     @classmethod
@@ -114,9 +104,12 @@ class PPO(Agent):
         self.device = device
         self.total_steps = TaskSequence.from_config(cfg.sequence, cfg.seed).total_steps
         self.reward_transform = env.reward_transform
+        self.policy = policy_for(env.action_space)
         spec = make_spec(cfg.network, env.observation_space,
-                         heads={"policy": int(env.action_space.n), "value": 1},
-                         head_gains={"policy": 0.01, "value": 1.0}, layout=env.layout)
+                         heads={**self.policy.heads, "value": 1},
+                         head_gains={"policy": 0.01, "value": 1.0}, layout=env.layout,
+                         towers={"policy": "actor", "value": "critic"},
+                         constant_heads=self.policy.constant_heads)
         self.build_learner(cfg, spec, strategies, device)
         self.learner.setup()
         self.last_batch: RolloutBatch | None = None
@@ -132,22 +125,24 @@ class PPO(Agent):
     def rollout(self, envs, obs, done, num_steps: int, on_step=None):
         """Collect num_steps per env with the current policy; returns (batch, obs, done).
 
-        Per step only what the next action needs (a forward pass, one categorical draw); the
-        log-probabilities of all steps come at the end in one pass over the stored logits, and
-        rewards and episode ends stay in numpy, where they arrive and where GAE runs."""
-        n = obs.shape[0]
+        Per step only what the next action needs (a forward pass, one draw); the log-probabilities
+        of all steps come at the end in one pass over the stored policy outputs, and rewards and
+        episode ends stay in numpy, where they arrive and where GAE runs."""
+        n, policy = obs.shape[0], self.policy
         obs_store = torch.empty((num_steps, *obs.shape), dtype=obs.dtype, device=self.device)
-        actions = torch.empty((num_steps, n), dtype=torch.long, device=self.device)
+        actions = torch.empty((num_steps, n, *policy.action_shape), dtype=policy.action_dtype,
+                              device=self.device)
         values = torch.empty((num_steps, n), device=self.device)
         rewards = np.empty((num_steps, n), dtype=np.float32)
         dones = np.empty((num_steps, n), dtype=np.float32)
-        logits = []
+        kept = {name: [] for name in policy.outputs}
         done = done.cpu().numpy()
         for t in range(num_steps):
             obs_store[t], dones[t] = obs, done
             out = self.network.act(obs)
-            logits.append(out["policy"])
-            action = sample_categorical(out["policy"])
+            for name, outputs in kept.items():
+                outputs.append(out[name])
+            action = policy.sample(out)
             actions[t], values[t] = action, out["value"].squeeze(-1)
             next_obs, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
             if on_step is not None:
@@ -156,7 +151,8 @@ class PPO(Agent):
             obs = torch.as_tensor(next_obs, device=self.device)
             done = np.logical_or(terminated, truncated)
         next_value = self.network.act(obs)["value"].squeeze(-1)
-        logprobs = log_prob_and_entropy(torch.stack(logits), actions)[0]
+        logprobs = policy.log_prob_and_entropy(
+            {name: torch.stack(outputs) for name, outputs in kept.items()}, actions)[0]
         advantages, returns = compute_gae(rewards, values.cpu().numpy(), dones,
                                           next_value.cpu().numpy(), done.astype(np.float32),
                                           self.cfg.gamma, self.cfg.gae_lambda)
@@ -191,7 +187,7 @@ class PPO(Agent):
     def loss(self, batch: RolloutBatch, forward):
         """PPO's clipped objective; forward(obs) -> (outputs, features). Also returns stats."""
         outputs, features = forward(batch.obs)
-        newlogprob, entropy = log_prob_and_entropy(outputs["policy"], batch.actions)
+        newlogprob, entropy = self.policy.log_prob_and_entropy(outputs, batch.actions)
         entropy = entropy.mean()
         logratio = newlogprob - batch.logprobs
         ratio = logratio.exp()

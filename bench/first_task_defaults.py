@@ -4,12 +4,14 @@
     .venv/bin/python bench/first_task_defaults.py --strategies c_chain trac --seeds 5
     .venv/bin/python bench/first_task_defaults.py --strategies 'c_chain={target: 0.01}'
     .venv/bin/python bench/first_task_defaults.py --agent dqn            # configs/minigrid_dqn.yaml
+    .venv/bin/python bench/first_task_defaults.py --config tiny_continuous --steps 60000 \
+        --set env.num_envs=1 ppo.num_steps=2048 ppo.num_minibatches=32 ppo.update_epochs=10
 
-A strategy's defaults should be a setting a user can start from: on the first task of the
-default config (PPO: configs/minigrid_ppo.yaml, MiniGrid-Empty-6x6-v0), a run with the strategy
-on should learn about as well as one with none. Each strategy and the baseline (no strategy) train
-`--steps` env steps on that task alone (sequence.tasks cut to it, one cycle, no spectral
-monitor, no periodic or switch checkpoints) for seeds 1..`--seeds`, each run a `train.py`
+A strategy's defaults should be a setting a user can start from: on the first task of the default
+config (PPO: configs/minigrid_ppo.yaml, MiniGrid-Empty-6x6-v0; or `--config`'s), a run with the
+strategy on should learn about as well as one with none. Each strategy and the baseline (no
+strategy) train `--steps` env steps on that task alone (sequence.tasks cut to it, one cycle, no
+spectral monitor, no periodic or switch checkpoints) for seeds 1..`--seeds`, each run a `train.py`
 process, `--jobs` at a time, all in the same sitting so load falls on all alike.
 
 Per strategy it prints, from each run's `charts/episodic_return` (TensorBoard events, read by
@@ -44,9 +46,10 @@ sys.path.insert(0, str(ROOT))
 
 from agents.errors import ConfigError  # noqa: E402
 from agents.plasticity import STRATEGIES, build_strategies  # noqa: E402
-from agents.runtime.config import load_config  # noqa: E402
+from agents.runtime.config import TaskConfig, load_config  # noqa: E402
 from analysis.study.aggregate import RETURN_METRIC, task_scores  # noqa: E402
 from analysis.study.results import read_run  # noqa: E402
+from envs.tasks import TaskSequence  # noqa: E402
 
 CONFIGS = {agent: ROOT / "configs" / f"minigrid_{agent}.yaml" for agent in ("ppo", "dqn")}
 BASELINE = "none"
@@ -93,8 +96,13 @@ def switch_only(arm: Arm, agent: str) -> bool:
 
 def write_config(arm: Arm, args, directory: Path) -> Path:
     """The default config cut to its first task, with this arm's strategy, as one YAML file."""
-    cfg = load_config(CONFIGS[args.agent], args.set)
-    cfg.sequence.tasks = cfg.sequence.tasks[:1]
+    cfg = load_config(args.config or CONFIGS[args.agent], args.set)
+    first = TaskSequence.from_config(cfg.sequence, cfg.seed).tasks[0]  # `vary` expanded
+    cfg.sequence.tasks = [TaskConfig(
+        env_id=first.env_id, name=first.name, kwargs=dict(first.kwargs),
+        physics=dict(first.physics), permute_obs=first.permute_obs,
+        permute_actions=first.permute_actions)]
+    cfg.sequence.vary = {}
     cfg.sequence.cycles = 1
     cfg.sequence.switch_every = args.steps
     cfg.monitor.enabled = False
@@ -145,6 +153,8 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.splitlines()[1:]))
     parser.add_argument("--agent", choices=tuple(CONFIGS), default="ppo")
+    parser.add_argument("--config", help="the config whose first task to train (a path or a "
+                        "name in configs/; default: the agent's MiniGrid config)")
     parser.add_argument("--steps", type=int, default=40_000, help="env steps per run (40000)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 1..N per strategy (3)")
     parser.add_argument("--strategies", nargs="+", metavar="STRATEGY",
@@ -168,7 +178,8 @@ def main() -> None:
         except ConfigError as exc:
             fail(str(exc))
         task = load_config(configs[arms[0]]).sequence.tasks[0].env_id
-        print(f"{args.agent} on {task}, {args.steps:,} env steps, seeds 1..{args.seeds}, "
+        agent = load_config(configs[arms[0]]).agent
+        print(f"{agent} on {task}, {args.steps:,} env steps, seeds 1..{args.seeds}, "
               f"{len(arms)} arms (baseline first), {args.jobs} at a time; runs in {out}",
               flush=True)
         results: dict[Arm, list] = {arm: [] for arm in arms}

@@ -136,7 +136,8 @@ def acting(rounds: int) -> None:
     """PPO's per-step acting costs on MiniGrid, where they add up against a fast env."""
     from torch.distributions import Categorical
 
-    from agents.ppo import compute_gae, log_prob_and_entropy, sample_categorical
+    from agents.policies import log_prob_and_entropy, sample_categorical
+    from agents.ppo import compute_gae
 
     for name, batch in (("MiniGrid CNN", 8), ("MiniGrid CNN", 32), ("Nature CNN", 8)):
         net, obs = network(name)

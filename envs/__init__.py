@@ -5,5 +5,6 @@ factory that builds a sequence's. Importing the package registers the built-in f
 # isort: off
 from envs import minigrid  # noqa: F401
 from envs import atari  # noqa: F401
+from envs import mujoco  # noqa: F401
 from envs import gymnasium_envs  # noqa: F401
 # isort: on

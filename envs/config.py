@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from agents.errors import at_least, probability
+from agents.errors import at_least, positive, probability
 
 
 @dataclass
@@ -20,6 +20,13 @@ class EnvConfig:
     noop_max: int = field(default=30, metadata=at_least(0))
     fire_reset: bool = True
     episodic_life: bool = False
-    clip_rewards: bool = True  # applied by the learner, so logged returns stay raw
+    clip_rewards: bool = True  # Atari's sign(reward), applied by the learner: logged returns raw
     full_action_space: Optional[bool] = None  # None: full (18) only when the games differ
     max_episode_frames: int = field(default=108_000, metadata=at_least(0))
+    # Running normalisation (as CleanRL's ppo_continuous_action; envs/normalize.py): one set of
+    # statistics for the whole run, across task switches; logged returns stay raw
+    normalize_obs: bool = False
+    normalize_reward: bool = False  # scaled by the running std of a discounted return
+    clip_obs: float = field(default=10.0, metadata=positive())  # |normalised obs| at most
+    clip_reward: float = field(default=10.0, metadata=positive())  # |normalised reward| at most
+    gamma_reward: float = field(default=0.99, metadata=probability())  # that return's discount

@@ -7,8 +7,9 @@ import gymnasium as gym
 from gymnasium.wrappers.vector import RecordEpisodeStatistics
 
 from agents.errors import ConfigError, library_message
-from envs.families import EnvFamily, family_for
+from envs.families import EnvFamily, check_physics, family_for
 from envs.info import EnvInfo, ObservationLayout
+from envs.normalize import RunningStatistics
 from envs.tasks import TaskSequence, TaskSpec
 
 
@@ -29,8 +30,11 @@ class EnvFactory:
             by_family.setdefault(family_for(task.env_id), []).append(task)
         self.families = {cls: cls(env_cfg, tasks) for cls, tasks in by_family.items()}
         for task in sequence.tasks:
+            check_physics(task, family_for(task.env_id))
             self.family(task).check(task)
         self.observation_space, self.action_space = self._common_spaces()
+        # the run's normalisation statistics (None: off), shared by every training segment
+        self.statistics = RunningStatistics.of(env_cfg, self.observation_space)
         self.info = EnvInfo(
             self.observation_space, self.action_space, self._common_layout(),
             reward_transform=agreed((f.reward_transform() for f in self.families.values()),
@@ -44,10 +48,14 @@ class EnvFactory:
     def make_single(self, task: TaskSpec) -> gym.Env:
         return self.family(task).make_single(task)
 
-    def make_vector(self, task: TaskSpec, num_envs: int | None = None):
-        """A vector env (SAME_STEP autoreset) recording raw episodic returns; reset it seeded."""
-        return RecordEpisodeStatistics(
+    def make_vector(self, task: TaskSpec, num_envs: int | None = None, *,
+                    training: bool = False):
+        """A vector env (SAME_STEP autoreset) recording raw episodic returns; reset it seeded.
+        With normalisation on, `training` envs update the run's statistics; any others (probes)
+        use a frozen copy of them."""
+        envs = RecordEpisodeStatistics(
             self.family(task).make_vector(task, num_envs or self.env_cfg.num_envs))
+        return envs if self.statistics is None else self.statistics.wrap(envs, training)
 
     def _common_spaces(self):
         spaces = []
@@ -62,8 +70,6 @@ class EnvFactory:
                     f"task '{name}' has observation space {obs} and action space {act}, but "
                     f"'{name0}' has {obs0} and {act0}: every task of a sequence needs the same"
                 )
-        if not isinstance(act0, gym.spaces.Discrete):
-            raise ConfigError(f"only discrete action spaces are supported, got {act0}")
         return obs0, act0
 
     def _first_env(self, task: TaskSpec) -> gym.Env:

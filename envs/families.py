@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import gymnasium as gym
 
-from agents.errors import ConfigError
+from agents.errors import ConfigError, positive
 from envs.info import ObservationLayout
 
 
@@ -24,6 +24,9 @@ class EnvFamily:
     name: ClassVar[str] = ""  # both set by register_env_family
     prefixes: ClassVar[tuple[str, ...]] = ()
     observation_layout: ClassVar[ObservationLayout | None] = None  # one for every space
+    physics_keys: ClassVar[tuple[str, ...]] = ()  # the task.physics it can set (MuJoCo's)
+    # its ids are gymnasium's own envs (MuJoCo's): "or a gymnasium id" names them already
+    gymnasium_ids: ClassVar[bool] = False
 
     def __init__(self, env_cfg, tasks: list):
         self.env_cfg = env_cfg
@@ -103,8 +106,24 @@ def _fallback() -> type[EnvFamily]:
 
 def known_id_patterns() -> list[str]:
     """`PREFIX*` for every family's prefixes, in registration order: what unknown-env errors
-    suggest."""
-    return [f"{prefix}*" for cls in _FAMILIES.values() for prefix in cls.prefixes]
+    suggest besides gymnasium's own ids."""
+    return [f"{prefix}*" for cls in _FAMILIES.values() if not cls.gymnasium_ids
+            for prefix in cls.prefixes]
+
+
+def check_physics(task, family: type[EnvFamily]) -> None:
+    """A task's physics: keys its family can set, each value > 0 (ConfigError, one line)."""
+    unknown = sorted(set(task.physics) - set(family.physics_keys))
+    if unknown:
+        can = (f"sets only {', '.join(family.physics_keys)}" if family.physics_keys
+               else "has no physics model to set (MuJoCo tasks have)")
+        raise ConfigError(f"task '{task.name}': unknown physics {unknown}: the {family.name} "
+                          f"family {can}")
+    valid = positive()["range"]
+    for key, value in task.physics.items():
+        if not valid.contains(value):
+            raise ConfigError(f"task '{task.name}': physics.{key} must {valid.describe()}, "
+                              f"got {value}")
 
 
 def plain_layout(observation_space: gym.spaces.Space) -> ObservationLayout:

@@ -27,7 +27,7 @@ class EnvInfo:
     these, whatever its family."""
 
     observation_space: gym.spaces.Space
-    action_space: gym.spaces.Discrete
+    action_space: gym.spaces.Space  # Discrete, or Box (MuJoCo's: unbounded, the env clips)
     layout: ObservationLayout
     reward_transform: Optional[Callable[[np.ndarray], np.ndarray]]  # None: rewards as logged
     replay_frame_stack: int  # frames per observation a replay buffer may store once (1: none)

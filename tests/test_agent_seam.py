@@ -16,7 +16,7 @@ from test_resume import MONITOR, assert_same_run, train
 from agents.base import AGENTS, Agent, Iteration, finished_episodes, forked_rng, register_agent
 from agents.context import StepContext
 from agents.networks import make_spec
-from agents.ppo import log_prob_and_entropy, sample_categorical
+from agents.policies import log_prob_and_entropy, sample_categorical
 from agents.runtime.checkpoints import load_checkpoint
 from agents.runtime.resume import resume_training
 from agents.runtime.run_dir import read_status

@@ -87,8 +87,11 @@ def test_each_shipped_benchmark_expands_and_names_real_strategies_and_envs(path,
 
 def test_the_shipped_benchmarks_are_the_documented_ones():
     assert {p.stem for p in BENCH_DIR.glob("*.yaml")} == {
-        "tiny", "plasticity_loss", "atari_plasticity"}
+        "tiny", "plasticity_loss", "atari_plasticity", "slippery_ant"}
     assert len(load_bench("tiny").cells) == 4  # none and the reference, two seeds
+    ant = load_bench("slippery_ant").cells
+    assert {c.strategy_set for c in ant} == {"none", "l2", "er_l2", "cbp", "shrink_perturb",
+                                             REFERENCE} and len(ant) == 30
 
 
 BAD_BENCHES = [

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from agents.adam import adam_factory
 from agents.networks import Network, NetworkConfig, make_spec
-from agents.ppo import log_prob_and_entropy, sample_categorical
+from agents.policies import log_prob_and_entropy, sample_categorical
 from agents.runtime.trainer import Trainer
 from envs import atari, minigrid
 from envs.config import EnvConfig

@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from agents.catalogue import AGENTS
 from agents.errors import ConfigError
 from agents.networks import Network, NetworkSpec, nature_cnn
-from agents.ppo import log_prob_and_entropy
+from agents.policies import log_prob_and_entropy
 from agents.run_view import Observer
 from agents.runtime.config import load_config, preset_overrides, to_yaml
 from agents.runtime.launch import run_training
@@ -113,10 +113,18 @@ def dense_hessian_of_agent_loss(agent, batch):
     return torch.autograd.functional.hessian(loss_of, flatten_params(like)), network, like
 
 
+# A Gaussian PPO: one-unit actions, a separate actor and critic of 4 units, the log-std head.
+PENDULUM = ("sequence.tasks=[{env_id: Pendulum-v1}]", "network.arch=mlp",
+            "network.hidden_sizes=[4]", "network.separate_heads=true", *CARTPOLE[3:])
+CASES = {**{agent: (TINY[agent], CARTPOLE) for agent in sorted(AGENTS)},
+         "ppo_gaussian": ("tiny.yaml", PENDULUM)}
+
+
 @pytest.mark.parametrize("method", ["lanczos", "eigsh"])
-@pytest.mark.parametrize("agent", sorted(AGENTS))
-def test_spectrum_matches_dense_float64_hessian_of_the_agents_loss(agent, method, tiny_cfg):
-    cfg = tiny_cfg(*CARTPOLE, f"monitor.method={method}", path=TINY[agent])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_spectrum_matches_dense_float64_hessian_of_the_agents_loss(case, method, tiny_cfg):
+    path, overrides = CASES[case]
+    cfg = tiny_cfg(*overrides, f"monitor.method={method}", path=path)
     trainer = Trainer(cfg)
     envs = trainer.env_factory.make_vector(trainer.sequence.segment(0).task)
     batch = trainer.agent.probe_batch(envs, 16, seed=3)
@@ -156,8 +164,9 @@ def test_spectrum_matches_dense_float64_hessian_of_the_agents_loss(agent, method
     ggn = torch.linalg.eigvalsh(jacobian.T @ output_hessian @ jacobian).flip(0).numpy()
     np.testing.assert_allclose(measured.arrays["ggn_eigenvalues"], ggn[:5], rtol=1e-4,
                                atol=1e-10 * abs(ggn).max())
-    hidden = trainer.agent.network.blocks["fc1"].layer
-    assert 1 <= measured.scalars["kfac/fc1/a_rank"] <= hidden.in_features + 1
+    first = next(iter(trainer.agent.network.blocks))  # fc1, or the actor's actor_fc1
+    hidden = trainer.agent.network.blocks[first].layer
+    assert 1 <= measured.scalars[f"kfac/{first}/a_rank"] <= hidden.in_features + 1
     assert measured.scalars["kfac/lambda_max"] == measured.arrays["kfac_eigenvalues"][0] == max(
         v for k, v in measured.scalars.items() if k.startswith("kfac/") and "/lambda_max" in k
         and k != "kfac/lambda_max")

@@ -26,15 +26,6 @@ def fresh_layer(network, module_name: str, layer: nn.Module,
     return fresh
 
 
-def consumers(network, block_name: str) -> list[nn.Module]:
-    """The layers reading a hidden block's output: the next block, or every head after the last."""
-    names = list(network.blocks)
-    position = names.index(block_name)
-    if position + 1 < len(names):
-        return [network.blocks[names[position + 1]].layer]
-    return list(network.heads.values())
-
-
 def output_channels(block, units: torch.Tensor) -> torch.Tensor:
     """Output channels of `units` (both CReLU halves)."""
     return torch.cat([units + k * block.spec.out for k in range(block.out_multiplier)])
@@ -63,7 +54,7 @@ def outgoing_weight_mass(network, block_name: str) -> torch.Tensor:
     """Per output channel of a block: the summed |w| of every weight that reads it."""
     channels = channel_count(network.blocks[block_name])
     return sum(by_input_channel(layer.weight.detach().abs(), channels).sum((0, 2))
-               for layer in consumers(network, block_name))
+               for layer in network.consumers(block_name))
 
 
 def _state_tensors(optimizer, param: nn.Parameter) -> list[torch.Tensor]:
@@ -95,7 +86,7 @@ def reinit_units(network, optimizer, block_name: str, units: torch.Tensor,
         for state in _state_tensors(optimizer, param):
             state[units] = 0
     channels = output_channels(block, units)
-    for layer in consumers(network, block_name):
+    for layer in network.consumers(block_name):
         for tensor in [layer.weight, *_state_tensors(optimizer, layer.weight)]:
             by_input_channel(tensor, channel_count(block))[:, channels] = 0
 
@@ -119,8 +110,8 @@ def reset_modules(network, optimizer, names: list[str], generator: torch.Generat
         else:
             module_name, layer = name, network.get_submodule(name)
         fresh = fresh_layer(network, module_name, layer, generator)
-        layer.weight.copy_(fresh.weight)
-        layer.bias.copy_(fresh.bias)
+        for param, source in zip(layer.parameters(), fresh.parameters()):
+            param.copy_(source.to(param.device))
         if optimizer is not None:
             for param in module_params(network, name):
                 optimizer.state.pop(param, None)

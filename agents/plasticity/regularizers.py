@@ -104,8 +104,9 @@ MODE_SETTINGS = {"step": ("er_lr", "er_batch", "er_step", "max_obs"),
 
 @register_strategy("effective_rank")
 class EffectiveRank(Strategy):
-    """Raise the effective rank ER = mean_l exp(H(σ/Σσ)) of the hidden layers' features (one
-    shared torso, so the seed's per-network mean is the mean over its hidden layers). mode step
+    """Raise the effective rank ER = Σ_networks mean_l exp(H(σ/Σσ)) of the hidden layers'
+    features, as the seed sums its actor's and critic's means (network.separate_heads); one
+    shared torso is one network, the mean over its hidden layers. mode step
     (the seed's): every er_batch gradient steps, er_step plain steps θ ← θ + er_lr·∇ER on
     min(er_batch × minibatch, max_obs) observations from ctx.sample_obs (PPO: drawn with
     replacement from the current rollout; DQN: the replay), outside the optimizer (no Adam
@@ -124,13 +125,15 @@ class EffectiveRank(Strategy):
     def setup(self, ctx):
         self.generator = self.make_generator(ctx)
         self.params = list(ctx.network.parameters())
+        self.towers = list(ctx.network.towers.values())
         self.ranks: dict[str, torch.Tensor] = {}
 
     def layer_ranks(self, features: dict) -> torch.Tensor:
-        """ER, the mean over hidden layers (differentiable); records each layer's rank."""
+        """ER, each tower's mean over its hidden layers, summed over towers (differentiable);
+        records each layer's rank."""
         ranks = {name: differentiable_effective_rank(f) for name, f in features.items()}
         self.ranks = {name: r.detach() for name, r in ranks.items()}
-        return torch.stack(list(ranks.values())).mean()
+        return sum(torch.stack([ranks[name] for name in tower]).mean() for tower in self.towers)
 
     def loss_penalty(self, step):
         ctx = step.ctx

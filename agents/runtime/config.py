@@ -18,7 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from agents.base import AGENTS
 from agents.catalogue import agent_class
 from agents.errors import ConfigError, at_least, check_ranges, non_negative, seed_range
-from agents.networks import CNN_TORSOS, NetworkConfig
+from agents.networks import ACTIVATIONS, CNN_TORSOS, INITS, NetworkConfig
 from agents.plasticity import build_strategies
 from analysis.monitor.config import CHOICES as MONITOR_CHOICES
 from analysis.monitor.config import MONITOR_PRESETS, MonitorConfig, check_monitor_config
@@ -37,6 +37,9 @@ class TaskConfig:
     permute_obs: Optional[int] = field(default=None, metadata=at_least(0))
     # seed of a fixed permutation of the discrete actions
     permute_actions: Optional[int] = field(default=None, metadata=at_least(0))
+    # MuJoCo tasks' physics (envs/mujoco.py), each > 0: friction (every geom's sliding
+    # friction), mass_scale (every body's mass and inertia), gravity_scale
+    physics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -46,6 +49,9 @@ class SequenceConfig:
     switch_every: int = field(default=100_000, metadata=at_least(1))
     cycles: int = field(default=1, metadata=at_least(1))  # passes over the task list
     order: str = "fixed"  # fixed | shuffled (a new seeded order each cycle)
+    # one physics key over values, the one task of `tasks` as the base (envs/tasks.py):
+    # {friction: [1.0, 0.5, 2.0]} or {friction: {log_uniform: [0.02, 2.0], count: 5, seed: null}}
+    vary: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -100,6 +106,8 @@ def _schema(agent_sections) -> type:
 CHOICES = {
     "env.backend": ("auto", "gymnasium", "ale_vector"),
     "network.arch": ("auto", *CNN_TORSOS, "mlp"),
+    "network.activation": ACTIVATIONS,
+    "network.init": INITS,
     **{f"monitor.{key}": allowed for key, allowed in MONITOR_CHOICES.items()},
     "sequence.order": ("fixed", "shuffled"),
 }

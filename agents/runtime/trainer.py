@@ -81,8 +81,10 @@ class Trainer:
             getattr(observer, hook)(self.view, *args)
 
     def make_envs(self, segment: Segment) -> ActionRecorder:
-        """The segment's vector env, its actions recorded (what a resume replays)."""
-        return ActionRecorder(self.env_factory.make_vector(segment.task))
+        """The segment's vector env, its actions recorded (what a resume replays); they update
+        the run's normalisation statistics (env.normalize_*), which the recorder snapshots."""
+        return ActionRecorder(self.env_factory.make_vector(segment.task, training=True),
+                              self.env_factory.statistics)
 
     def enter(self, segment: Segment, envs: ActionRecorder) -> None:
         """`segment` is live on `envs`: the ones just started, or rebuilt by a resume (whose
