@@ -6,12 +6,17 @@ import io
 import signal
 
 import numpy as np
+import pytest
 import torch
 from signals import Signals
 
+from agents.errors import ConfigError
 from agents.run_view import Observer
+from agents.runtime.config import load_config
 from agents.runtime.launch import run_training
+from agents.runtime.logger import RunLogger
 from agents.runtime.resume import resume_training
+from agents.runtime.trainer import Trainer
 from analysis.study.compare import logged, run_differences
 
 TINY = ("torch_threads=1", "checkpoint.every=256")
@@ -22,8 +27,8 @@ MONITOR = ("monitor.enabled=true", "monitor.batch_size=64", "monitor.top_k=4",
 
 
 class Frictions(Observer):
-    """The training envs' sliding friction at every iteration, read from their MuJoCo models,
-    and the normalisers' sample counts."""
+    """The training envs' sliding friction after every iteration, read from their MuJoCo
+    models."""
 
     def __init__(self, trainer_envs):
         self.trainer_envs, self.seen = trainer_envs, []
@@ -57,15 +62,10 @@ def test_a_tiny_continuous_run_writes_the_usual_tags_and_spectra(tiny_cfg, tmp_p
 
 
 def test_the_friction_changes_at_the_switch_step(tiny_cfg, tmp_path):
-    from agents.runtime.config import load_config
-    from agents.runtime.trainer import Trainer
-
     cfg = load_config("tiny_continuous.yaml", [*TINY, f"runs_root={tmp_path}"])
     trainer = Trainer(cfg)
     seen = Frictions(lambda: trainer.envs)
     trainer.observers.append(seen)
-    from agents.runtime.logger import RunLogger
-
     logger = RunLogger(tmp_path / "log", trainer.sequence.total_steps, 1e9, io.StringIO())
     trainer.run(logger, tmp_path)
     logger.close()
@@ -98,3 +98,9 @@ def test_a_stopped_run_resumes_exactly_normalisation_included(tiny_cfg, tmp_path
 def test_dqn_refuses_continuous_actions_in_one_line(assert_one_line_exit_2, tmp_path):
     assert_one_line_exit_2(["train", "tiny_continuous", "agent=dqn", f"runs_root={tmp_path}"],
                            "agent=dqn needs discrete actions", tmp_path)
+
+
+def test_a_bad_schedule_is_refused_when_the_config_loads(tiny_cfg):
+    """--print-config, training and `pliable bench` refuse the same `sequence.vary`."""
+    with pytest.raises(ConfigError, match="list at least one value"):
+        tiny_cfg("sequence.vary={friction: []}", path="tiny_continuous.yaml")

@@ -13,10 +13,14 @@ from agents.errors import ConfigError, check_ranges
 from agents.plasticity import (  # noqa: F401  (each registers its strategies)
     architecture,
     churn,
+    clipping,
+    hare_tortoise,
+    injection,
     isometry,
     optimizers,
     regularizers,
     resets,
+    sharpness,
 )
 from agents.plasticity.base import STRATEGIES, StrategyStack
 

@@ -23,6 +23,7 @@ from agents.plasticity import build_strategies
 from analysis.monitor.config import CHOICES as MONITOR_CHOICES
 from analysis.monitor.config import MONITOR_PRESETS, MonitorConfig, check_monitor_config
 from envs.config import EnvConfig
+from envs.tasks import TaskSequence
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "minigrid_ppo.yaml"
@@ -217,6 +218,8 @@ def validate(cfg: DictConfig) -> None:
             f"sequence.switch_every ({cfg.sequence.switch_every}) must be a multiple of "
             f"env.num_envs ({cfg.env.num_envs}) so that tasks switch at exactly that step"
         )
+    # the tasks as the run will see them (`sequence.vary` expanded, names unique): cheap, no env
+    TaskSequence.from_config(cfg.sequence, cfg.seed)
     for agent in AGENTS.values():
         agent.check_config(cfg)
     check_monitor_config(cfg.monitor)
