@@ -71,20 +71,27 @@ def strategies(argv: list[str]) -> int:
         prog="pliable strategies",
         description="List the plasticity strategies, their settings, defaults and papers.")
     parser.add_argument("--markdown", action="store_true",
-                        help="print README.md's strategy table instead")
+                        help="print the manual's strategy table (docs/strategies.md) instead")
+    parser.add_argument("--compact", action="store_true",
+                        help="with --markdown: the README's shorter table")
     parser.add_argument("--readme", metavar="PATH", type=Path,
-                        help="with --markdown: rewrite the table in PATH (between its "
+                        help="with --markdown: rewrite the compact table in PATH (between its "
                         "<!-- strategies:start --> and <!-- strategies:end --> lines)")
+    parser.add_argument("--docs", metavar="PATH", type=Path,
+                        help="with --markdown: rewrite the full table in PATH (the same markers)")
     args = parser.parse_args(argv)
-    from agents.plasticity import describe_strategies, readme_with_table, strategies_markdown
+    from agents.plasticity import describe_strategies, strategies_markdown, with_table
 
-    if args.readme and not args.markdown:
-        parser.error("--readme writes the --markdown table: add --markdown")
-    if args.readme:
-        args.readme.write_text(readme_with_table(args.readme.read_text()))
-        print(f"wrote the strategy table into {args.readme}")
-    else:
-        print(strategies_markdown() if args.markdown else describe_strategies(), end="")
+    if (args.readme or args.docs or args.compact) and not args.markdown:
+        parser.error("--compact, --readme and --docs go with --markdown: add --markdown")
+    targets = [(path, compact) for path, compact in ((args.readme, True), (args.docs, False))
+               if path]
+    for path, compact in targets:
+        path.write_text(with_table(path.read_text(), compact))
+        print(f"wrote the strategy table into {path}")
+    if not targets:
+        print(strategies_markdown(args.compact) if args.markdown else describe_strategies(),
+              end="")
     return 0
 
 

@@ -21,6 +21,7 @@ import copy
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Optional
 
 import gymnasium as gym
@@ -168,6 +169,7 @@ class DQN(Agent):
                          layout=env.layout)
         self.build_learner(cfg, spec, strategies, device)
         self.target_network = copy.deepcopy(self.network).requires_grad_(False)
+        self.ctx.target_network = self.target_network
         self.learner.setup()
         self._update_target(tau=1.0)  # in case a strategy's setup changed the online weights
         self.buffer = self._make_buffer(self.cfg.buffer_size, self.num_envs)
@@ -307,7 +309,8 @@ class DQN(Agent):
             batch = self.make_batch(self.buffer.sample(self.cfg.batch_size, self.replay_rng))
             loss, stats, outputs, features = self.loss(batch, forward)
             stats.update(self.learner.optimize(
-                StepContext(self.ctx, batch.obs, loss, features)))
+                StepContext(self.ctx, batch.obs, loss, features,
+                            loss_fn=partial(self.loss, batch, forward))))
             totals.update(stats)
             self.last_batch = batch
         self.learner.after_update()
@@ -318,7 +321,11 @@ class DQN(Agent):
         if tau == 1.0:
             self.target_network.load_state_dict(self.network.state_dict())
             return
-        for target, online in zip(self.target_network.parameters(), self.network.parameters()):
+        # Buffers too: an injected head's frozen parts (plasticity_injection) are buffers.
+        for target, online in zip([*self.target_network.parameters(),
+                                   *self.target_network.buffers()],
+                                  [*self.network.parameters(), *self.network.buffers()],
+                                  strict=True):
             target.lerp_(online, tau)  # tau·online + (1 − tau)·target
 
     def train_iteration(self, envs, max_steps: int, generator: torch.Generator) -> Iteration:

@@ -1,7 +1,8 @@
 """The one update path: every gradient step of every agent goes through `Learner.optimize`.
 
 penalties from strategies -> backward -> gradient clipping -> optimizer step -> post-step hooks.
-PPO and DQN build a loss and call `optimize`; they never name a strategy.
+PPO and DQN build a loss and call `optimize`; they never name a strategy. One strategy may wrap
+the gradient computation (`Strategy.gradient`: SAM takes it at a perturbed point).
 """
 
 from __future__ import annotations
@@ -52,11 +53,7 @@ class Learner:
 
     def optimize(self, step: StepContext) -> dict[str, torch.Tensor]:
         """One gradient step on step.loss plus strategy penalties; returns detached stats."""
-        penalties = self.strategies.loss_penalty(step)
-        total = step.loss + sum(penalties.values()) if penalties else step.loss
-        self.nonfinite_loss |= ~torch.isfinite(total.detach())
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        penalties = self.strategies.gradient(step, self.backward)
         stats = {f"plasticity/{name}/penalty": p.detach() for name, p in penalties.items()}
         if self.max_grad_norm is not None:
             stats["losses/grad_norm"] = nn.utils.clip_grad_norm_(
@@ -65,6 +62,16 @@ class Learner:
         self.ctx.update_count += 1
         self.strategies.after_optimizer_step(step)
         return stats
+
+    def backward(self, step: StepContext) -> dict[str, torch.Tensor]:
+        """∇(step.loss + strategy penalties) at the current parameters into .grad; returns the
+        penalties. Once per step, or again at the point a gradient-wrapping strategy moved to."""
+        penalties = self.strategies.loss_penalty(step)
+        total = step.loss + sum(penalties.values()) if penalties else step.loss
+        self.nonfinite_loss |= ~torch.isfinite(total.detach())
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        return penalties
 
     def after_update(self) -> None:
         self.ctx.iteration += 1
@@ -77,8 +84,10 @@ class Learner:
                 "counters": {name: getattr(self.ctx, name) for name in COUNTERS}}
 
     def load_state_dict(self, state: dict) -> None:
+        # Strategies first: one may restructure the fresh network (plasticity_injection's
+        # injected heads) so that the saved weights fit it.
+        self.strategies.load_state_dict(state["strategies"])
         self.network.load_state_dict(state["network"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.strategies.load_state_dict(state["strategies"])
         for name in COUNTERS:
             setattr(self.ctx, name, state["counters"][name])

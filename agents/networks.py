@@ -68,7 +68,7 @@ class NetworkSpec:
     input_scale: float = 1.0  # uint8 inputs are converted inside the network
     channels_last_input: bool = False  # images come as HWC (the env family's layout says)
     channels_last: bool = True  # image inputs, hence every conv, in NHWC memory layout
-    activation: str = "relu"  # relu | tanh | crelu
+    activation: str = "relu"  # relu | tanh | crelu | fourier (the last two: strategies)
     layer_norm: bool = False
     hidden_gain: float = math.sqrt(2)
     init: str = "orthogonal"  # orthogonal | lecun_uniform
@@ -158,13 +158,15 @@ class Block(nn.Module):
             self.layer = nn.Linear(in_features, spec.out)
             self.norm = nn.LayerNorm(spec.out) if net.layer_norm else nn.Identity()
         self.crelu = net.activation == "crelu"
+        self.fourier = net.activation == "fourier"  # deep Fourier features: [sin(x), cos(x)]
         self.activation = torch.tanh if net.activation == "tanh" else F.relu
         self.pool = spec.pool
 
     @property
     def out_multiplier(self) -> int:
-        """Outputs per unit: CReLU emits relu(x) and relu(-x), doubling the next layer's input."""
-        return 2 if self.crelu else 1
+        """Outputs per unit: CReLU emits relu(x) and relu(-x), Fourier features sin(x) and
+        cos(x), doubling the next layer's input (unit i's outputs at channels i and out + i)."""
+        return 2 if self.crelu or self.fourier else 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.spec.kind == "linear" and x.dim() > 2:
@@ -173,6 +175,8 @@ class Block(nn.Module):
         x = self.norm(self.layer(x.to(self.layer.weight.dtype)))
         if self.crelu:
             x = torch.cat([F.relu(x), F.relu(-x)], dim=1)
+        elif self.fourier:
+            x = torch.cat([torch.sin(x), torch.cos(x)], dim=1)
         else:
             x = self.activation(x)
         if self.pool:
@@ -190,6 +194,52 @@ class ConstantHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bias.expand(x.shape[0], -1)
+
+
+class FrozenLinear(nn.Module):
+    """A linear map held in buffers: saved with the network but outside `parameters()`, so no
+    optimizer, strategy or Hessian ever sees or moves it."""
+
+    def __init__(self, layer: nn.Linear):
+        super().__init__()
+        self.register_buffer("weight", layer.weight.detach().clone())
+        self.register_buffer("bias", layer.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # In the input's dtype: the monitor's float64 copies replace parameters, not buffers.
+        return F.linear(x, self.weight.to(x.dtype), self.bias.to(x.dtype))
+
+
+class InjectedHead(nn.Linear):
+    """A linear head after plasticity injection (agents/plasticity/injection.py):
+    out(x) = old(x) + (new(x) − new₀(x)), `new` this layer's own weight and bias (the head's
+    parameters, the same tensors as before, so the optimizer and every strategy holding them keep
+    working), `old` the head's function up to the last injection and `new₀` the draw `new`
+    started from there, both frozen. Wrapping a head changes nothing: old = new₀ = new."""
+
+    def __init__(self, head: nn.Linear):
+        super().__init__(head.in_features, head.out_features, device="meta")  # no RNG drawn
+        self.weight, self.bias = head.weight, head.bias
+        self.old, self.fresh = FrozenLinear(head), FrozenLinear(head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # new − new₀ first: exactly zero right after an injection, the output then old's alone.
+        return self.old(x) + (super().forward(x) - self.fresh(x))
+
+    @torch.no_grad()
+    def inject(self, fresh: nn.Linear) -> None:
+        """old ← old + new − new₀ (the function so far, frozen; a linear head folds exactly up
+        to round-off, and bitwise at the first injection, when new₀ = new), new and new₀ ←
+        `fresh`'s weights."""
+        for name in ("weight", "bias"):
+            new, start = getattr(self, name), getattr(self.fresh, name)
+            getattr(self.old, name).add_(new - start)
+            new.copy_(getattr(fresh, name))
+            start.copy_(getattr(fresh, name))
+
+    def layers(self) -> list[nn.Module]:
+        """Every part that reads the head's input (what `Network.consumers` lists)."""
+        return [self, self.old, self.fresh]
 
 
 class Network(nn.Module):
@@ -260,14 +310,15 @@ class Network(nn.Module):
 
     def consumers(self, block_name: str) -> list[nn.Module]:
         """The layers reading a hidden block's output: the next block of its tower, or, after
-        its tower's last block, every head reading that tower."""
+        its tower's last block, every head reading that tower (an injected head with its frozen
+        parts: zeroing a unit's outgoing weights in all of them removes it from the output)."""
         tower = self.blocks[block_name].spec.tower
         names = self.towers[tower]
         position = names.index(block_name)
         if position + 1 < len(names):
             return [self.blocks[names[position + 1]].layer]
-        return [head for name, head in self.heads.items()
-                if self.head_towers.get(name) == tower]
+        return [layer for name, head in self.heads.items() if self.head_towers.get(name) == tower
+                for layer in (head.layers() if isinstance(head, InjectedHead) else [head])]
 
     # -- forward -----------------------------------------------------------------------------
     def _prepare(self, obs: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ every gradient step goes through the shared `Learner.optimize` (strategies hook 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Optional
 
 import numpy as np
@@ -224,7 +225,8 @@ class PPO(Agent):
                 loss, stats, outputs, features = self.loss(mb, forward)
                 extras = {"policy_loss": stats["losses/policy_loss"].detach()}  # C-CHAIN: λ
                 stats.update(self.learner.optimize(
-                    StepContext(self.ctx, mb.obs, loss, features, extras)))
+                    StepContext(self.ctx, mb.obs, loss, features, extras,
+                                loss_fn=partial(self.loss, mb, forward))))
                 for k, v in stats.items():
                     totals[k] = totals.get(k, 0) + v.detach()
                 count += 1

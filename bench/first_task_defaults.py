@@ -19,10 +19,11 @@ analysis.study.results): the area under the learning curve (analysis.study.aggre
 the time-average of the piecewise-linear return curve over the task) as a ratio to the baseline's,
 with a 95% bootstrap CI over seeds (both sides' seeds resampled), the mean return over the last
 quarter of the steps as a ratio to the baseline's, and PASS when both ratios are >= `--threshold`
-(0.8). A strategy that at its defaults acts only at task switches (reset, shrink_perturb) has
-nothing to do on a single task and is marked so: it passes trivially. So is one whose runs give the
-baseline's returns episode for episode (same seed, same run: it never changed training in these
-steps, e.g. a schedule longer than the run). The last line sums up. A strategy argument is a
+(0.8). A strategy that at its defaults acts only at task switches (reset, shrink_perturb,
+plasticity_injection) has nothing to do on a single task and is marked so: it passes trivially. So
+is one whose runs give the baseline's returns episode for episode (same seed, same run: it never
+changed training in these steps, e.g. a schedule longer than the run). The last line sums up. A
+strategy argument is a
 registered name or NAME={yaml flow mapping} of settings to try. """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ FINAL_WINDOW = 0.25  # the final quarter of the steps
 SWITCH_ONLY = {
     "reset": lambda s: s.at_switch and not s.every_steps,
     "shrink_perturb": lambda s: s.when == "switch",
+    "plasticity_injection": lambda s: s.at_switch and not s.every_steps,
 }
 
 

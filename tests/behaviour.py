@@ -13,13 +13,18 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import platform
 import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import torch
+# One OpenMP thread, as tests/conftest.py sets for the suite: with two, torch's reductions split
+# differently and every strategy-heavy run's numbers move. Set before torch loads.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "behaviour.json"
 MONITOR = ["monitor.enabled=true", "monitor.batch_size=64", "monitor.top_k=4",

@@ -50,12 +50,15 @@ def observations(arch: str, n: int, seed: int = 0) -> torch.Tensor:
 def step_context(learner: Learner, obs=None, loss_fn=None) -> StepContext:
     """A forward pass on `obs` and a loss (default: a zero loss connected to every output)."""
     obs = learner.obs if obs is None else obs
-    outputs, features = learner.network(obs, return_features=True)
-    if loss_fn is None:
-        loss = sum(o.sum() for o in outputs.values()) * 0.0
-    else:
-        loss = loss_fn(outputs)
-    return StepContext(learner.ctx, obs, loss, features)
+
+    def evaluate():  # as Agent.loss returns: (loss, stats, outputs, features)
+        outputs, features = learner.network(obs, return_features=True)
+        if loss_fn is None:
+            return sum(o.sum() for o in outputs.values()) * 0.0, {}, outputs, features
+        return loss_fn(outputs), {}, outputs, features
+
+    loss, _, _, features = evaluate()
+    return StepContext(learner.ctx, obs, loss, features, loss_fn=evaluate)
 
 
 def optimize(learner: Learner, steps: int = 1, loss_fn=None) -> None:

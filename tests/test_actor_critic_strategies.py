@@ -22,6 +22,10 @@ PER_STEP = {
     "l2": "{}", "l2_init": "{}", "weight_decay": "{}", "parseval": "{}", "spectral_reg": "{}",
     "effective_rank": "{mode: penalty}", "er_l2": "{effective_rank: {er_batch: 1}}",
     "isometry": "{}", "adamo": "{}", "normalize_project": "{}", "trac": "{}",
+    "weight_clipping": "{kappa: 0.5}",  # a box narrower than the initial weights: clips at once
+    "hare_tortoise": "{reset_every: 1}",  # every step ends at the average, not the Adam step
+    # any unit silent on a whole minibatch is reset: η tiny, no history needed past 1 sample
+    "self_normalized_resets": "{percentile: 1.0e-6, max_silence: 1}",
 }
 AT_SWITCH = {"reset": "{layers: [all]}", "shrink_perturb": "{}"}
 
@@ -70,14 +74,17 @@ def test_the_baseline_networks_really_are_independent(tiny_cfg, baseline):
     assert moved(params, baseline["switch"], "critic") == []
 
 
-@pytest.mark.parametrize("name,module", [("crelu", None), ("layer_norm", "norm")])
+@pytest.mark.parametrize("name,module", [("crelu", None), ("fourier_features", None),
+                                         ("layer_norm", "norm")])
 def test_architecture_strategies_change_both_networks(name, module, tiny_cfg):
     trainer = Trainer(tiny_cfg(*BASE, f"plasticity.{name}={{}}", path=STEP))
     network = trainer.agent.network
+    doubled = name in ("crelu", "fourier_features")
     for tower in ("actor", "critic"):
-        if name == "crelu":  # the second layer reads both halves of the first's 32 units
+        if doubled:  # the second layer reads both halves of the first's 32 units
             assert network.blocks[f"{tower}_fc2"].layer.in_features == 64
+            assert network.blocks[f"{tower}_fc1"].out_multiplier == 2
         else:
             assert isinstance(network.blocks[f"{tower}_fc1"].norm, torch.nn.LayerNorm)
     assert network.heads["value"].in_features == network.heads["policy"].in_features == (
-        64 if name == "crelu" else 32)
+        64 if doubled else 32)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tqdm import tqdm
 
 from agents.errors import ConfigError
 from agents.plasticity import strategy_set_name
@@ -15,7 +16,7 @@ from agents.run_view import Observer
 from agents.runtime.run_dir import write_status
 from analysis.study import grid as bench_module
 from analysis.study.executors import SerialExecutor
-from analysis.study.grid import RunLog, main, plan, run_bench, run_cell, summarize
+from analysis.study.grid import CellResult, RunLog, main, plan, run_bench, run_cell, summarize
 from analysis.study.grid_config import (
     BENCH_DIR,
     REFERENCE,
@@ -23,6 +24,7 @@ from analysis.study.grid_config import (
     check_cells,
     load_bench,
 )
+from analysis.study.progress import eta_postfix, eta_text
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -225,6 +227,39 @@ def test_a_run_the_executor_lost_is_recorded_as_failed(tmp_path):
     status = json.loads((bench.cells[0].run_dir / "status.json").read_text())
     assert status["status"] == "failed" and "worker died" in status["error"]
     assert "failed      none/tiny/s1" in out.getvalue()
+
+
+def test_the_eta_is_the_pace_of_the_cells_that_ended_times_those_left():
+    assert eta_text(600, 2, 3) == "ETA 15:00"  # 300 s a cell, wall clock
+    assert eta_text(3600, 1, 2) == "ETA 2:00:00"
+    assert eta_text(5, 0, 4) == "ETA ?"  # none ended yet: no pace
+    assert eta_text(600, 2, 0) == "ETA 00:00"
+    bar = tqdm(total=10, initial=4, file=io.StringIO())  # 4 skipped: they took no time
+    bar.start_t -= 600
+    bar.update(2)
+    assert eta_postfix(bar) == "ETA 20:00"  # 2 ended in 600 s, 4 left
+    bar.close()
+
+
+class Instant:
+    """An executor whose runs finish at once, without training."""
+
+    def map_unordered(self, fn, items):
+        for item in items:
+            yield item, CellResult(item.label, "finished", 1.0)
+
+
+def test_the_bench_bar_shows_an_eta_from_the_cells_that_ended(tmp_path, capsys):
+    path = write_bench(tmp_path, seeds=[1, 2, 3], reference=False, strategies=[{"name": "none"}])
+    bench = load_bench(path, tmp_path / "out")
+    bench.cells[0].run_dir.mkdir(parents=True)
+    write_status(bench.cells[0].run_dir, "finished")  # skipped: never part of the pace
+
+    run_bench(bench, Instant(), io.StringIO())
+
+    err = capsys.readouterr().err
+    assert "1/3 [00:00, ETA ?]" in err and "2/3 [00:00, ETA 00:00]" in err
+    assert "3/3 [00:00, ETA 00:00]" in err
 
 
 TRAINING_ENDS = [  # exit code, and the status.json train_in writes before returning it

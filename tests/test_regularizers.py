@@ -192,6 +192,8 @@ def test_weight_decay_is_adams_coupled_weight_decay_on_the_clipped_gradient():
     gap = max((p - q).abs().max().item() for p, q in
               zip(learner.network.parameters(), plain.network.parameters()))
     assert gap > 1e-4  # and decay changed the steps
+    norm = torch.cat([p.detach().flatten() for p in learner.network.parameters()]).norm()
+    torch.testing.assert_close(learner.strategies.metrics()["weight_decay/weight_norm"], norm)
 
 
 def test_l2_is_a_loss_term_not_weight_decay():
@@ -213,7 +215,8 @@ def test_er_l2_preset_is_the_seeds_recipe_with_nested_settings():
     assert preset.strategies.loss_penalty(step_context(preset)) == {}  # step mode: no loss term
     optimize(preset, steps=2)
     assert set(preset.strategies.metrics()) == {"er_l2/effective_rank/erank/fc1",
-                                                "er_l2/effective_rank/erank/fc2"}
+                                                "er_l2/effective_rank/erank/fc2",
+                                                "er_l2/weight_decay/weight_norm"}
     keeps = make_learner({"er_l2": {}, "weight_decay": {"coef": 0.1}})
     group = keeps.optimizer.param_groups[0]
     assert group["betas"] == (0.9, 0.999)

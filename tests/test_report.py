@@ -88,12 +88,13 @@ def test_report_numbers_match_the_closed_form(tmp_path):
     assert "l2/s3 (running)" in markdown  # listed, never scored
     assert set(load_table(out / "results.csv")["run"]) == {"l2/s1", "l2/s2", "reference_fresh/s1",
                                                             "reference_fresh/s2"}
-    for figure in ("learning_curves", "plasticity_ratio", "hessian_density"):
+    for figure in ("learning_curves", "plasticity_ratio", "performance_profiles",
+                   "hessian_density"):
         assert (out / "figures" / f"{figure}.png").stat().st_size > 1000
         assert (out / "figures" / f"{figure}.pdf").read_bytes().startswith(b"%PDF")
         assert f"](figures/{figure}.png)" in markdown
     html = (out / "report.html").read_text()
-    assert html.count('<img src="data:image/png;base64,') == 3 and 'src="figures' not in html
+    assert html.count('<img src="data:image/png;base64,') == 4 and 'src="figures' not in html
 
 
 def test_without_reference_or_spectra_the_report_says_so(tmp_path, capsys):
@@ -249,7 +250,7 @@ def test_the_headline_answers_the_three_questions(tmp_path):
         assert (out / "figures" / f"{figure}.png").stat().st_size > 1000
         assert f"](figures/{figure}.png)" in markdown
     html = (out / "report.html").read_text()
-    assert html.count('<img src="data:image/png;base64,') == 4
+    assert html.count('<img src="data:image/png;base64,') == 5
     assert "<h2>Headline</h2>" in html
 
     trend = {"ratio_trend": pd.read_csv(out / "tables" / "ratio_trend.csv")}

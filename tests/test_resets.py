@@ -1,12 +1,15 @@
 """Strategies that re-draw weights, proven on the weights and on Adam's moments."""
 
 import copy
+import io
+import math
 
 import pytest
 import torch
 from strategy_helpers import make_learner, optimize, step_context, value_loss
 
 from agents.errors import ConfigError
+from agents.plasticity import ops
 
 
 def strategy(learner):
@@ -203,3 +206,130 @@ def test_cbp_replaces_only_the_lowest_utility_mature_units():
     assert cbp.utility["fc1"][replaced].tolist() == [0, 0]
     assert cbp.age["fc1"][replaced].tolist() == [0, 0] and cbp.age["fc1"][2].item() == 11
     assert cbp.metrics() == {"replaced_units": 2}
+
+
+# -- self-normalised resets ----------------------------------------------------------------------
+def snr(learner):
+    return next(s for s in learner.strategies.strategies if s.name == "self_normalized_resets")
+
+
+def record_resets(monkeypatch, learner) -> list:
+    """(update_count, block, units) of every unit re-initialisation from now on."""
+    calls, reinit = [], ops.reinit_units
+
+    def spy(network, optimizer, name, units, generator):
+        calls.append((learner.ctx.update_count, name, sorted(units.tolist())))
+        reinit(network, optimizer, name, units, generator)
+
+    monkeypatch.setattr(ops, "reinit_units", spy)
+    return calls
+
+
+def silence(block, unit: int) -> None:
+    with torch.no_grad():  # no input reaches it and its bias keeps it below zero
+        block.layer.weight[unit] = 0
+        block.layer.bias[unit] = -100.0
+
+
+def test_snr_counts_per_unit_the_samples_it_fired_on_and_its_silence():
+    learner = make_learner({"self_normalized_resets": {}}, arch="cnn")
+    step = step_context(learner)
+    learner.optimize(step)
+    state = snr(learner)
+    for name, features in step.features.items():  # a conv unit fires where any position does
+        fired = features.detach().flatten(2).ne(0).any(2) if features.dim() > 2 else (
+            features.detach().ne(0))
+        count = fired.sum(0)
+        assert torch.equal(state.fires[name], count)
+        assert torch.equal(state.age[name], torch.where(count > 0, 0, 32))
+        assert torch.equal(state.span[name], torch.where(count > 0, 32, 0))
+    assert state.metrics()["silent_fraction"] == pytest.approx(
+        sum(int((state.fires[n] == 0).sum()) for n in state.fires)
+        / sum(len(c) for c in state.fires.values()))
+
+
+def test_snr_threshold_is_the_geometric_percentile_of_the_units_own_rate():
+    learner = make_learner({"self_normalized_resets": {"max_silence": 1000}})
+    state = snr(learner)
+    state.fires["fc1"][:4] = torch.tensor([0, 1, 1, 5])
+    state.span["fc1"][:4] = torch.tensor([0, 100, 10**7, 5])
+    thresholds = state.thresholds("fc1")[:4].tolist()
+    assert thresholds[0] == 1000  # no firing history: max_silence
+    assert thresholds[1] == pytest.approx(math.log(0.01) / math.log(0.99))  # p = 0.01: 458.2
+    assert thresholds[2] == 1000  # p = 1e-7: the percentile is past the cap
+    assert thresholds[3] == 0  # fired on every sample: one silent batch is already too long
+    assert (state.settings.percentile, state.settings.max_silence) == (0.99, 1000)
+
+
+def test_snr_resets_a_silenced_unit_when_its_rate_predicts_and_never_an_active_one(monkeypatch):
+    learner = make_learner({"self_normalized_resets": {}})
+    net, state = learner.network, snr(learner)
+    fill_adam_moments(learner)  # one step, then every moment 1: clearing them shows
+    fc1, fc2 = net.blocks["fc1"], net.blocks["fc2"]
+    silent = 3
+    silence(fc1, silent)
+    with torch.no_grad():
+        firing = (net(learner.obs, return_features=True)[1]["fc1"] > 0).sum(0)
+    active = int(firing.argmax())  # fires on the most samples of the (fixed) batch
+    assert firing[active] > 16 and firing[silent] == 0
+    # Its history: 1 firing in 100 samples, so p = 0.01 and the 99th percentile of a geometric
+    # silence is log(0.01)/log(0.99) = 458.2 samples: the 15th batch of 32 crosses it.
+    state.fires["fc1"][silent], state.span["fc1"][silent] = 1, 100
+    state.seen["fc1"][silent], state.age["fc1"][silent] = 100, 0
+    predicted = math.ceil(math.log(0.01) / math.log(0.99) / 32)
+    assert predicted == 15
+    calls = record_resets(monkeypatch, learner)
+    start = learner.ctx.update_count
+    optimize(learner, steps=predicted - 1)  # a zero loss: only Adam's momentum moves weights
+    assert not any(silent in units for _, name, units in calls if name == "fc1")
+    assert state.age["fc1"][silent] == 32 * (predicted - 1)
+    assert fc1.layer.bias[silent] < -99
+    moments = learner.optimizer.state
+    optimize(learner)
+    assert (start + predicted, "fc1", [silent]) in [(c, n, [u for u in units if u == silent])
+                                                    for c, n, units in calls]
+    assert fc1.layer.weight[silent].norm() > 0.5 and fc1.layer.bias[silent] == 0  # fresh
+    assert not fc2.layer.weight[:, silent].any()  # no output: the function is unchanged
+    for param, index in ((fc1.layer.weight, silent), (fc1.layer.bias, silent)):
+        assert not moments[param]["exp_avg"][index].any()
+        assert not moments[param]["exp_avg_sq"][index].any()
+    assert not moments[fc2.layer.weight]["exp_avg"][:, silent].any()
+    assert moments[fc2.layer.weight]["exp_avg"][:, active].all()  # other moments kept
+    assert [int(c[silent]) for c in (state.age["fc1"], state.fires["fc1"], state.span["fc1"],
+                                     state.seen["fc1"])] == [0, 0, 0, 0]
+    optimize(learner, steps=20)
+    assert not any(active in units for _, name, units in calls if name == "fc1")
+    assert state.metrics()["reset_units"] == sum(len(units) for _, _, units in calls)
+
+
+def test_snr_resets_a_unit_that_never_fired_after_max_silence(monkeypatch):
+    learner = make_learner({"self_normalized_resets": {"max_silence": 64}})
+    silence(learner.network.blocks["fc2"], 5)
+    calls = record_resets(monkeypatch, learner)
+    optimize(learner)  # 32 silent samples
+    assert not any(5 in units for _, name, units in calls if name == "fc2")
+    optimize(learner)  # 64
+    assert any(count == 2 and name == "fc2" and 5 in units for count, name, units in calls)
+
+
+def test_snr_state_survives_a_checkpoint_and_the_resumed_run_resets_the_same():
+    settings = {"self_normalized_resets": {"max_silence": 96}}
+    learner = make_learner(settings, arch="cnn")
+    silence(learner.network.blocks["conv2"], 2)
+    optimize(learner, steps=2, loss_fn=value_loss)
+    buffer = io.BytesIO()
+    torch.save(learner.state_dict(), buffer)
+    buffer.seek(0)
+    resumed = make_learner(settings, arch="cnn", seed=1)
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    resumed.obs = learner.obs
+    assert snr(resumed).state_dict().keys() == snr(learner).state_dict().keys()
+    for run in (learner, resumed):
+        optimize(run, steps=3, loss_fn=value_loss)  # conv2's unit 2 is reset at the third
+    assert snr(learner).reset_units == snr(resumed).reset_units > 0
+    for (name, a), b in zip(learner.network.state_dict().items(),
+                            resumed.network.state_dict().values()):
+        assert torch.equal(a, b), name
+    for key in ("age", "fires", "span", "seen"):
+        for name in learner.network.blocks:
+            assert torch.equal(getattr(snr(learner), key)[name], getattr(snr(resumed), key)[name])

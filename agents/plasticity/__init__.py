@@ -5,9 +5,9 @@ stack (catalogue.py), and `pliable strategies`' listing (listing.py)."""
 from agents.plasticity.catalogue import STRATEGIES, build_strategies, strategy_set_name
 from agents.plasticity.listing import (
     describe_strategies,
-    readme_with_table,
     strategies_markdown,
+    with_table,
 )
 
-__all__ = ["STRATEGIES", "build_strategies", "describe_strategies", "readme_with_table",
-           "strategies_markdown", "strategy_set_name"]
+__all__ = ["STRATEGIES", "build_strategies", "describe_strategies", "strategies_markdown",
+           "strategy_set_name", "with_table"]

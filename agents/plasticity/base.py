@@ -18,6 +18,7 @@ from agents.context import StepContext, TrainContext
 from agents.errors import ConfigError
 
 OptimizerFactory = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
+Backward = Callable[[StepContext], dict[str, torch.Tensor]]  # the learner's, for `gradient`
 STRATEGIES: dict[str, type[Strategy]] = {}
 
 
@@ -31,6 +32,9 @@ class Strategy:
     Settings: type = NoSettings
     paper: str = ""
     replaces_optimizer = False  # two strategies that both replace the optimizer cannot combine
+    wraps_gradient = False  # nor two that both compute the gradient their own way (`gradient`)
+    # name of a strategy this one cannot combine with -> why (one line): refused at build time
+    incompatible: dict[str, str] = {}
     order = 50  # lower runs first in every hook
 
     def __init__(self, settings):
@@ -52,6 +56,14 @@ class Strategy:
 
     def loss_penalty(self, step: StepContext) -> Optional[torch.Tensor]:
         return None
+
+    def gradient(self, step: StepContext, backward: Backward) -> dict[str, torch.Tensor]:
+        """Leave in .grad the gradient that clipping and the optimizer step with, and return
+        the penalties to report; `backward(step)` writes ∇(step.loss + penalties) at the current
+        parameters and returns the penalties. Only a `wraps_gradient` strategy overrides this,
+        and it may call `backward` again (on `step.reevaluate()`) after moving the parameters,
+        as long as it puts them back."""
+        return backward(step)
 
     def after_optimizer_step(self, step: StepContext) -> None:
         pass
@@ -107,6 +119,23 @@ def check_mode_settings(strategy: str, settings, switch: str,
                               f"only ({switch} is {chosen}; its settings: {own})")
 
 
+def combination_error(strategies) -> Optional[str]:
+    """Why `strategies` (instances or classes) cannot run together, in one line, or None: two
+    that replace the optimizer, two that wrap the gradient, or a pair one of them declares
+    `incompatible`."""
+    for flag, what in (("replaces_optimizer", "replace the optimizer"),
+                       ("wraps_gradient", "compute the gradient their own way")):
+        clashing = [s.name for s in strategies if getattr(s, flag)]
+        if len(clashing) > 1:
+            return f"strategies {', '.join(clashing)} both {what}: switch one of them off"
+    names = {s.name for s in strategies}
+    for s in strategies:
+        for other, why in s.incompatible.items():
+            if other in names:
+                return f"strategies {s.name} and {other} cannot combine ({why}): switch one off"
+    return None
+
+
 def register_strategy(name: str):
     def decorate(cls):
         cls.name = name
@@ -120,10 +149,10 @@ class StrategyStack:
 
     def __init__(self, strategies: list[Strategy]):
         self.strategies = sorted(strategies, key=lambda s: (s.order, s.name))
-        replacing = [s.name for s in self.strategies if s.replaces_optimizer]
-        if len(replacing) > 1:
-            raise ConfigError(f"strategies {', '.join(replacing)} both replace the optimizer: "
-                              "switch one of them off")
+        refusal = combination_error(self.strategies)
+        if refusal:
+            raise ConfigError(refusal)
+        self.wrapper = next((s for s in self.strategies if s.wraps_gradient), None)
 
     @property
     def names(self) -> list[str]:
@@ -149,6 +178,10 @@ class StrategyStack:
             if penalty is not None:
                 penalties[s.name] = penalty
         return penalties
+
+    def gradient(self, step: StepContext, backward: Backward) -> dict[str, torch.Tensor]:
+        """The gradient-wrapping strategy's `gradient` (at most one), else plain `backward`."""
+        return self.wrapper.gradient(step, backward) if self.wrapper else backward(step)
 
     def after_optimizer_step(self, step: StepContext) -> None:
         for s in self.strategies:

@@ -1,5 +1,6 @@
 """`pliable strategies`: every registered strategy, what it does (its docstring), its settings and
-defaults (its Settings dataclass) and its paper (its `paper`), as text or as the README's table."""
+defaults (its Settings dataclass) and its paper (its `paper`), as text, as the manual's full table
+(docs/strategies.md) or as the README's compact one (first sentence, paper's authors)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ Switch strategies on in a config's `plasticity:` mapping or on the command line:
 README_MARKERS = ("<!-- strategies:start -->\n", "<!-- strategies:end -->")
 TABLE_HEADER = ("| name | what it does | key settings (defaults) | paper |\n"
                 "|---|---|---|---|\n")
+COMPACT_HEADER = "| name | what it does | paper |\n|---|---|---|\n"
+COMPACT_WIDTH = 170  # characters of the docstring's first sentence the README's table shows
 
 
 def settings_fields(settings_cls, prefix: str = "") -> list[tuple[str, str, object]]:
@@ -67,23 +70,37 @@ def table_cell(text: str) -> str:
     return text.replace("|", "\\|")  # a bare | would end the cell (|h|, E|h_i|)
 
 
-def strategies_markdown() -> str:
-    """`pliable strategies --markdown`: the README's strategy table, one row per strategy."""
+def first_sentence(text: str, width: int = COMPACT_WIDTH) -> str:
+    """Up to the first full stop, cut at a word before `width` characters (…)."""
+    sentence = text.split(". ", 1)[0].rstrip(".") + "."
+    if len(sentence) <= width:
+        return sentence
+    return sentence[:width].rsplit(" ", 1)[0].rstrip(",;:") + " …"
+
+
+def strategies_markdown(compact: bool = False) -> str:
+    """`pliable strategies --markdown`: one row per strategy; the manual's full table (what it
+    does, settings and defaults, paper) or, `compact`, the README's (first sentence, the paper's
+    authors and year)."""
     rows = []
     for name in sorted(STRATEGIES):
         cls = STRATEGIES[name]
-        settings = ", ".join(f"`{key}` ({config_value(default)})"
-                             for key, _, default in settings_fields(cls.Settings)) or "—"
-        cells = [f"`{name}`", summary(cls), settings, cls.paper]
+        if compact:
+            cells = [f"`{name}`", first_sentence(summary(cls)), cls.paper.split(",", 1)[0]]
+        else:
+            settings = ", ".join(f"`{key}` ({config_value(default)})"
+                                 for key, _, default in settings_fields(cls.Settings)) or "—"
+            cells = [f"`{name}`", summary(cls), settings, cls.paper]
         rows.append("| " + " | ".join(table_cell(c) for c in cells) + " |\n")
-    return TABLE_HEADER + "".join(rows)
+    return (COMPACT_HEADER if compact else TABLE_HEADER) + "".join(rows)
 
 
-def readme_with_table(readme: str) -> str:
-    """`readme` with `strategies_markdown()` between its README_MARKERS, in place of the old."""
+def with_table(text: str, compact: bool = False) -> str:
+    """`text` (the README, the manual's strategies page) with `strategies_markdown(compact)`
+    between its README_MARKERS, in place of the old."""
     start, end = README_MARKERS
-    if start not in readme or end not in readme.split(start, 1)[1]:
+    if start not in text or end not in text.split(start, 1)[1]:
         raise ConfigError(f"no strategy table to replace: the file needs the lines "
                           f"{start.strip()} and {end}")
-    before, rest = readme.split(start, 1)
-    return before + start + strategies_markdown() + end + rest.split(end, 1)[1]
+    before, rest = text.split(start, 1)
+    return before + start + strategies_markdown(compact) + end + rest.split(end, 1)[1]

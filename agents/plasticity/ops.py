@@ -2,7 +2,8 @@
 units (fresh incoming weights, zero outgoing weights, cleared optimizer moments) or whole layers.
 
 A *unit* of a hidden block is one output channel of its Conv2d/Linear. With CReLU a unit emits two
-output channels (relu(x) at index i, relu(-x) at index C + i); a linear layer after a conv block
+output channels (relu(x) at index i, relu(-x) at index C + i), with deep Fourier features too
+(sin(x) at i, cos(x) at C + i: `Block.out_multiplier`); a linear layer after a conv block
 reads each channel at every spatial position (flattened channel-major). Both are resolved here so
 that ReDo, continual backprop and resets never index layers by hand.
 """
@@ -27,7 +28,7 @@ def fresh_layer(network, module_name: str, layer: nn.Module,
 
 
 def output_channels(block, units: torch.Tensor) -> torch.Tensor:
-    """Output channels of `units` (both CReLU halves)."""
+    """Output channels of `units` (both CReLU or sin/cos halves)."""
     return torch.cat([units + k * block.spec.out for k in range(block.out_multiplier)])
 
 
@@ -41,12 +42,12 @@ def channel_count(block) -> int:
 
 
 def per_unit(block, per_channel: torch.Tensor) -> torch.Tensor:
-    """Sum a per-output-channel quantity over each unit's channels (CReLU: two)."""
+    """Sum a per-output-channel quantity over each unit's channels (CReLU, Fourier: two)."""
     return per_channel.view(block.out_multiplier, block.spec.out).sum(0)
 
 
 def unit_activity_scores(block, features: torch.Tensor) -> torch.Tensor:
-    """ReDo scores per unit, E|h_i| / mean_j E|h_j|; a CReLU unit's two channels are averaged."""
+    """ReDo scores per unit, E|h_i| / mean_j E|h_j|; a two-channel unit's channels are averaged."""
     return per_unit(block, unit_scores(features)).float() / block.out_multiplier
 
 

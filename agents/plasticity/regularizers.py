@@ -198,6 +198,14 @@ class WeightDecay(Strategy):
         decay = getattr(factory, "keywords", {}).get("weight_decay", 0.0) + self.settings.coef
         return bind_optimizer_settings(factory, self.key, weight_decay=decay)
 
+    def setup(self, ctx):
+        self.params = list(ctx.network.parameters())
+
+    def metrics(self):
+        # ‖θ‖ over every parameter, what the decay pulls toward zero (Adam decays them all)
+        return {"weight_norm": torch.linalg.vector_norm(
+            torch.stack([p.detach().norm() for p in self.params]))}
+
 
 @register_strategy("er_l2")
 class EffectiveRankL2(Strategy):

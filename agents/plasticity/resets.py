@@ -1,4 +1,5 @@
-"""Strategies that re-draw weights: shrink-and-perturb, layer resets, ReDo, continual backprop.
+"""Strategies that re-draw weights: shrink-and-perturb, layer resets, ReDo, continual backprop,
+self-normalised resets.
 
 Resets touch only the online network: an agent with a target network (DQN) keeps syncing it on its
 own schedule. All randomness comes from each strategy's own generator.
@@ -6,12 +7,13 @@ own schedule. All randomness comes from each strategy's own generator.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 
-from agents.errors import ConfigError, at_least, factor, non_negative, probability
+from agents.errors import ConfigError, at_least, between, factor, non_negative, probability
 from agents.plasticity import ops
 from agents.plasticity.base import Strategy, check_choice, register_strategy
 
@@ -222,3 +224,81 @@ class ContinualBackprop(Strategy):
 
     def metrics(self):
         return {"replaced_units": self.replaced}
+
+
+@register_strategy("self_normalized_resets")
+class SelfNormalizedResets(Strategy):
+    """Self-normalised resets (SNR): per hidden unit, a, the samples since it last fired (a
+    nonzero output for some sample, at any position), and p, its firing rate up to then (samples
+    it fired on / samples seen until its last firing); after every gradient step, reset each unit
+    whose silence its own rate makes unlikely: the paper's hypothesis test rejects "it still
+    fires at rate p" once a run of a silent samples has probability (1 − p)^a ≤ 1 − η, i.e.
+    a ≥ log(1 − η) / log(1 − p), the η-percentile of the geometric inter-firing time. A unit that
+    has not fired since its (re)initialisation, or whose percentile exceeds max_silence, is reset
+    after max_silence silent samples. A reset is ops.reinit_units (fresh incoming weights, zero
+    outgoing ones, Adam moments cleared) and starts the unit's counts afresh. η = 0.99 is the
+    authors' code's default (ajozefiak/SelfNormalizedResets: threshold_percentile); max_silence
+    = 1000 samples is the paper's Figure 1 rule for a dead neuron. Logs reset_units (in all) and
+    silent_fraction: the share of units that fired on no sample of the last step's batch."""
+
+    paper = "Farias & Jozefiak 2025, Self-normalized resets for plasticity in continual " \
+            "learning (ICLR 2025, arXiv 2410.20098)"
+    state_attributes = ("age", "fires", "span", "seen", "reset_units", "silent_fraction")
+
+    @dataclass
+    class Settings:
+        # η, the rejection percentile of the test
+        percentile: float = field(default=0.99, metadata=between(0, 1, low_open=True,
+                                                                 high_open=True))
+        # silent samples that reset a unit with no firing history (and cap every threshold)
+        max_silence: int = field(default=1000, metadata=at_least(1))
+
+    def setup(self, ctx):
+        self.generator = self.make_generator(ctx)
+        self.network = ctx.network
+        counts = lambda: {name: torch.zeros(block.spec.out, dtype=torch.long,  # noqa: E731
+                                            device=ctx.device)
+                          for name, block in ctx.network.blocks.items()}
+        # In samples, per unit: since the last firing, fired on, seen until the last firing, seen.
+        self.age, self.fires, self.span, self.seen = counts(), counts(), counts(), counts()
+        self.reset_units = 0
+        self.silent_fraction = torch.zeros((), device=ctx.device)
+
+    def thresholds(self, name: str) -> torch.Tensor:
+        """Per unit, the silent samples that reject its firing rate: log(1 − η) / log(1 − p)."""
+        fires, cap = self.fires[name], float(self.settings.max_silence)
+        rate = fires / self.span[name].clamp(min=1)
+        percentile = math.log1p(-self.settings.percentile) / torch.log1p(-rate)
+        return torch.where(fires > 0, percentile, cap).clamp(max=cap)
+
+    @torch.no_grad()
+    def after_optimizer_step(self, step):
+        masks, silent, units = {}, 0, 0
+        for name, block in self.network.blocks.items():
+            features = step.features[name].detach()
+            batch = features.shape[0]
+            fired = features.ne(0)
+            if fired.dim() > 2:  # a conv unit fires on a sample if it fires at any position
+                fired = fired.flatten(2).any(2)
+            fired = fired.view(batch, block.out_multiplier, block.spec.out).any(1)  # both halves
+            count = fired.sum(0)
+            self.seen[name] += batch
+            self.fires[name] += count
+            self.span[name] = torch.where(count > 0, self.seen[name], self.span[name])
+            self.age[name] = torch.where(count > 0, 0, self.age[name] + batch)
+            masks[name] = (self.age[name] > 0) & (self.age[name] >= self.thresholds(name))
+            silent, units = silent + (count == 0).sum(), units + len(count)
+        self.silent_fraction = silent / units
+        due = torch.stack([mask.sum() for mask in masks.values()]).tolist()  # one host sync
+        for (name, mask), count in zip(masks.items(), due):
+            if count:
+                self.reset(step.ctx, name, torch.nonzero(mask).flatten())
+
+    def reset(self, ctx, name: str, units: torch.Tensor) -> None:
+        ops.reinit_units(self.network, ctx.optimizer, name, units.cpu(), self.generator)
+        for counts in (self.age, self.fires, self.span, self.seen):
+            counts[name][units] = 0
+        self.reset_units += len(units)
+
+    def metrics(self):
+        return {"reset_units": self.reset_units, "silent_fraction": float(self.silent_fraction)}

@@ -20,6 +20,8 @@ from agents.catalogue import agent_class
 from agents.errors import ConfigError, at_least, check_ranges, non_negative, seed_range
 from agents.networks import ACTIVATIONS, CNN_TORSOS, INITS, NetworkConfig
 from agents.plasticity import build_strategies
+from agents.runtime.wandb_sync import CHOICES as LOGGING_CHOICES
+from agents.runtime.wandb_sync import LoggingConfig, check_logging_config
 from analysis.monitor.config import CHOICES as MONITOR_CHOICES
 from analysis.monitor.config import MONITOR_PRESETS, MonitorConfig, check_monitor_config
 from envs.config import EnvConfig
@@ -100,6 +102,8 @@ def _schema(agent_sections) -> type:
         ("strategy_set", str, field(default="")),
         ("monitor", MonitorConfig, field(default_factory=MonitorConfig)),
         ("checkpoint", CheckpointConfig, field(default_factory=CheckpointConfig)),
+        # where the run is mirrored besides TensorBoard (Weights & Biases: wandb_sync.py)
+        ("logging", LoggingConfig, field(default_factory=LoggingConfig)),
     ]
     return dataclasses.make_dataclass("Config", fields)
 
@@ -111,6 +115,7 @@ CHOICES = {
     "network.init": INITS,
     **{f"monitor.{key}": allowed for key, allowed in MONITOR_CHOICES.items()},
     "sequence.order": ("fixed", "shuffled"),
+    **{f"logging.{key}": allowed for key, allowed in LOGGING_CHOICES.items()},
 }
 
 
@@ -223,6 +228,7 @@ def validate(cfg: DictConfig) -> None:
     for agent in AGENTS.values():
         agent.check_config(cfg)
     check_monitor_config(cfg.monitor)
+    check_logging_config(cfg.logging)
     # Strategy settings are checked by building the strategies (cheap: no network yet), so that
     # --print-config, training and `pliable bench` reject the same input.
     build_strategies(cfg.plasticity)

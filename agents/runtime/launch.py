@@ -5,7 +5,9 @@ A write that fails (a checkpoint, a side file, the event file, status.json, conf
 full, permission lost) stops the run with one line on stderr, `error: writing <file>: [Errno 28]
 No space left on device; the last good checkpoint is <path>`, and exit status 74 (EX_IOERR);
 status.json says `{"status": "failed", "reason": "write_failed", ...}` with the error and that
-checkpoint, or, if status.json cannot be written either, the line says so.
+checkpoint, or, if status.json cannot be written either, the line says so. A W&B run
+(`logging.wandb`) that cannot start (not logged in, W&B unreachable) stops the run the same way
+before training, with reason "wandb_failed" and exit status 69 (EX_UNAVAILABLE).
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from agents.runtime.safety import (
     divergence,
     stop_on_signals,
 )
+from agents.runtime.tb_layout import custom_scalars_layout
 from agents.runtime.trainer import Trainer
+from agents.runtime.wandb_sync import WandbFailed, with_run_id
 from analysis.monitor.observer import SpectralMonitor
 
 
@@ -45,10 +49,12 @@ def build_trainer(cfg, observers=()) -> Trainer:
 
 
 EXIT_WRITE_FAILED = 74  # EX_IOERR of sysexits.h: a file could not be written
+EXIT_WANDB_FAILED = 69  # EX_UNAVAILABLE: logging.wandb could not start its W&B run
 
 
 def run_training(cfg, observers=(), stream=sys.stdout) -> int:
     trainer = build_trainer(cfg, observers)
+    cfg = with_run_id(cfg)  # logging.wandb on: its W&B run's id, saved in config.yaml below
     try:
         run_dir = new_run_dir(cfg)
     except WriteFailed as exc:  # a full or read-only disk (bad paths are ConfigErrors)
@@ -59,17 +65,31 @@ def run_training(cfg, observers=(), stream=sys.stdout) -> int:
         return report_write_failure(run_dir, exc, None, 0)
     with run_lock(run_dir):
         try:
-            logger = RunLogger(run_dir, trainer.sequence.total_steps, cfg.print_every, stream)
+            logger = RunLogger(run_dir, trainer.sequence.total_steps, cfg.print_every, stream,
+                               config=cfg)
         except WriteFailed as exc:
             return report_write_failure(run_dir, exc, None, 0)
+        except WandbFailed as exc:
+            return report_wandb_failure(run_dir, exc, None, 0)
         log_config(logger.writer, cfg)
+        logger.writer.add_custom_scalars(custom_scalars_layout(cfg))  # once: a resume keeps it
         return train_in(run_dir, trainer, logger, stream)
 
 
 def train_in(run_dir, trainer, logger, stream=sys.stdout, restore=None, checkpoint=None) -> int:
     """Train to the end in `run_dir` (from the start, or from a checkpoint through `restore`, see
     Trainer.run; `checkpoint`: that checkpoint's path), keeping status.json and the checkpoints
-    current; returns the exit status."""
+    current; returns the exit status. The logger is closed however training ends (a W&B run
+    finishes with that status; 1 when training raised)."""
+    code = 1
+    try:
+        code = _train_in(run_dir, trainer, logger, stream, restore, checkpoint)
+    finally:
+        logger.close(code)
+    return code
+
+
+def _train_in(run_dir, trainer, logger, stream, restore, checkpoint) -> int:
     ctx = trainer.ctx
     checkpointer = Checkpointer(trainer, run_dir, trainer.cfg.checkpoint, ctx.global_step)
     checkpointer.last_path = checkpoint
@@ -77,7 +97,6 @@ def train_in(run_dir, trainer, logger, stream=sys.stdout, restore=None, checkpoi
     try:
         write_status(run_dir, "running", step=ctx.global_step)
     except WriteFailed as exc:
-        logger.close()
         return report_write_failure(run_dir, exc, checkpoint, ctx.global_step)
     print(f"run directory: {run_dir}", file=stream, flush=True)
     resume = f"resume with: python train.py --resume {run_dir}"
@@ -123,8 +142,6 @@ def train_in(run_dir, trainer, logger, stream=sys.stdout, restore=None, checkpoi
         with contextlib.suppress(WriteFailed):
             write_status(run_dir, "failed", step=ctx.global_step, error=repr(exc))
         raise
-    finally:
-        logger.close()
     try:
         write_status(run_dir, "finished", step=ctx.global_step)
     except WriteFailed as exc:
@@ -138,6 +155,12 @@ def report_write_failure(run_dir, exc: WriteFailed, last_checkpoint, step: int) 
     """A file could not be written: exit status 74."""
     report_failure(run_dir, "write_failed", exc, step, last_checkpoint)
     return EXIT_WRITE_FAILED
+
+
+def report_wandb_failure(run_dir, exc: WandbFailed, last_checkpoint, step: int) -> int:
+    """The W&B run could not start (before any training): exit status 69."""
+    report_failure(run_dir, "wandb_failed", exc, step, last_checkpoint)
+    return EXIT_WANDB_FAILED
 
 
 def report_failure(run_dir, reason: str, exc: Exception, step: int, last_checkpoint) -> None:

@@ -6,6 +6,9 @@ and resurface on the main thread at some later `add_*` call, wherever that is. I
 thread's record writer keeps the first error and writes nothing after it (a file that ends early,
 no gap in it), and RunLogger raises it as WriteFailed at its next call, and at `flush`, which the
 Checkpointer calls before every checkpoint: no checkpoint claims events that are not on disk.
+
+With `logging.wandb` on, the logger starts the W&B run (wandb_sync.py) before its writer, which
+wandb then mirrors, and finishes it when it closes.
 """
 
 from __future__ import annotations
@@ -21,18 +24,25 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from agents.runtime.checkpoints import WriteFailed
+from agents.runtime.wandb_sync import WandbRun
 
 
 class RunLogger:
     def __init__(self, run_dir, total_steps: int, print_every: float = 5.0, stream=sys.stdout,
-                 resume_step: int | None = None):
+                 resume_step: int | None = None, config=None):
         """`resume_step`: continue a run's event files from a checkpoint at that step; whatever
-        the earlier process logged after it is hidden (TensorBoard's purge_step)."""
+        the earlier process logged after it is hidden (TensorBoard's purge_step). `config`: the
+        run's resolved config, whose `logging.wandb` may turn the W&B mirror on."""
         purge_step = None if resume_step is None else resume_step + 1
+        mirrored = config is not None and config.logging.wandb.enabled
+        self.wandb = WandbRun(config) if mirrored else None
+        mirror = self.wandb.mirroring(run_dir) if mirrored else contextlib.nullcontext()
         try:
-            with quiet_event_thread():
+            with quiet_event_thread(), mirror:
                 self.writer = SummaryWriter(str(run_dir), purge_step=purge_step)
         except OSError as exc:
+            if self.wandb:
+                self.wandb.finish(1)
             raise WriteFailed(f"writing the TensorBoard events in {run_dir}", exc) from None
         self._events = EventWriteGuard.install(self.writer)
         self.event_file = getattr(self._events, "file_name", f"in {run_dir}")
@@ -99,10 +109,13 @@ class RunLogger:
             raise WriteFailed(f"writing the TensorBoard events {self.event_file}", exc) from None
         self.check()
 
-    def close(self) -> None:
-        """Never raises: on the way out of a failed run the first error is the one to report."""
+    def close(self, exit_code: int = 0) -> None:
+        """Never raises: on the way out of a failed run the first error is the one to report.
+        The W&B run, if any, finishes after the event file is complete, with `exit_code`."""
         with contextlib.suppress(OSError):
             self.writer.close()
+        if self.wandb:
+            self.wandb.finish(exit_code)
 
 
 class EventWriteGuard:

@@ -27,9 +27,15 @@ from agents.runtime.checkpoints import (
     set_rng_state,
 )
 from agents.runtime.config import load_config
-from agents.runtime.launch import build_trainer, report_write_failure, train_in
+from agents.runtime.launch import (
+    build_trainer,
+    report_wandb_failure,
+    report_write_failure,
+    train_in,
+)
 from agents.runtime.logger import RunLogger
 from agents.runtime.run_dir import run_lock, save_config
+from agents.runtime.wandb_sync import WandbFailed
 from envs.tasks import TaskSequence
 
 # Settings that leave the trajectory as it is; anything else would make a different run.
@@ -64,10 +70,13 @@ def resume_training(run_dir: str | Path, overrides=(), stream=sys.stdout) -> int
         try:
             if overrides:
                 save_config(run_dir, cfg)
+            # logging.wandb on: the same W&B run (its id is in config.yaml), resume="allow"
             logger = RunLogger(run_dir, trainer.sequence.total_steps, cfg.print_every, stream,
-                               resume_step=state["step"])
+                               resume_step=state["step"], config=cfg)
         except WriteFailed as exc:
             return report_write_failure(run_dir, exc, path, state["step"])
+        except WandbFailed as exc:
+            return report_wandb_failure(run_dir, exc, path, state["step"])
         logger.task_label = state["logger"]["task_label"]
         logger.recent_returns.extend(state["logger"]["recent_returns"])
         print(f"resuming {run_dir} from {path.name} at step {state['step']:,}", file=stream)

@@ -55,7 +55,7 @@ class MonitorConfig:
     # gradient updates between plasticity/* metrics (0: never)
     metrics_every: int = field(default=500, metadata=at_least(0))
     float64: bool = False  # Hessian products in double precision (~2x slower)
-    # torch threads while measuring (0: the run's); see the README's cost note
+    # torch threads while measuring (0: the run's); see docs/monitor.md's cost note
     threads: int = field(default=1, metadata=at_least(0))
     # the monitor's own RNG: subsamples, probe rollouts, Lanczos starts
     seed: int = field(default=0, metadata=seed_range())

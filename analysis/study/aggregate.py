@@ -7,6 +7,9 @@ The pipeline, each step's output feeding the next:
     ratio_trend(ratios)                            slope of the ratio over successive tasks
     forgetting(scores), final_performance(scores)  on tasks revisited by cycling sequences
     aggregate_with_ci(ratios, "plasticity_ratio")  IQM and mean with stratified bootstrap CIs
+    matrices = score_matrices(ratios, "plasticity_ratio")  (runs x tasks) per group, as rliable
+    performance_profiles(matrices)                 fraction of scores above τ, bootstrap bands
+    improvement_probabilities(matrices)            P(X > Y) between strategy sets, with CIs
     spectral_correlation(table, ratios)            spectrum at a switch vs the next task's ratio
     epsilon_selection(correlation)                 He et al.'s ε-rank: the ε of the best R²
     first_task_ratios(ratios)                      the ratio on task position 0, per group
@@ -188,32 +191,45 @@ def stratified_bootstrap_ci(matrix: np.ndarray, statistic: Callable[..., np.ndar
     calling rliable: rliable 1.2.0 caps arch below 8, arch 7.2 fails to import under pandas 3,
     and its StratifiedBootstrap draws from numpy's global RNG whatever `random_state` it gets.
     """
-    matrix = np.asarray(matrix, dtype=float)
-    num_runs, num_tasks = matrix.shape
-    rng = np.random.default_rng(seed)
-    chunk = max(1, 2_000_000 // matrix.size)  # bound memory: chunk x runs x tasks floats
-    estimates = []
-    for start in range(0, reps, chunk):
-        size = min(chunk, reps - start)
-        runs = rng.integers(num_runs, size=(size, num_runs, num_tasks))
-        resampled = matrix[runs, np.arange(num_tasks)].reshape(size, -1)
-        estimates.append(statistic(resampled, axis=-1))
-    tail = (1 - confidence) / 2
-    low, high = np.quantile(np.concatenate(estimates), [tail, 1 - tail])
+    low, high = bootstrap_interval(
+        lambda resampled: statistic(resampled.reshape(len(resampled), -1), axis=-1),
+        [matrix], reps, confidence, seed)
     return float(low), float(high)
 
 
-def aggregate_with_ci(frame: pd.DataFrame, value: str, by: Sequence[str] = GROUP_KEYS,
-                      task: str = "task_index", statistics: Sequence[str] = ("iqm", "mean"),
-                      reps: int = 10_000, confidence: float = 0.95,
-                      seed: int = 0) -> pd.DataFrame:
-    """IQM and mean of `value` across runs and tasks per group, with stratified bootstrap CIs.
+def bootstrap_interval(statistic: Callable[..., np.ndarray], matrices: Sequence[np.ndarray],
+                       reps: int = 10_000, confidence: float = 0.95,
+                       seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile CI of `statistic(*replicates)`, each (runs x tasks) matrix resampled on its own
+    (rliable's StratifiedIndependentBootstrap): runs drawn with replacement within every task.
+
+    `statistic` gets a chunk of replicates per matrix, each (size, runs, tasks), and returns
+    (size, ...) estimates; the interval has the shape of one estimate.
+    """
+    matrices = [np.asarray(matrix, dtype=float) for matrix in matrices]
+    rng = np.random.default_rng(seed)
+    chunk = max(1, 2_000_000 // sum(m.size for m in matrices))  # bound memory per chunk
+    estimates = []
+    for start in range(0, reps, chunk):
+        size = min(chunk, reps - start)
+        estimates.append(statistic(*(
+            m[rng.integers(len(m), size=(size, *m.shape)), np.arange(m.shape[1])]
+            for m in matrices)))
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(np.concatenate(estimates), [tail, 1 - tail], axis=0)
+    return low, high
+
+
+def score_matrices(frame: pd.DataFrame, value: str, by: Sequence[str] = GROUP_KEYS,
+                   task: str = "task_index") -> dict[tuple, pd.DataFrame]:
+    """Per group, the (runs x tasks) matrix of `value` that rliable's functions take.
 
     The tasks are the distinct values of the `task` column (segment positions by default; "task"
     pools the visits of a task). Scores of one run and task are averaged first. A run lacking a
-    task is dropped with a warning, since stratified resampling needs every run on every task.
+    task is dropped with a warning, since stratified resampling needs every run on every task;
+    a group left without runs is left out.
     """
-    rows = []
+    matrices = {}
     for keys, group in frame.groupby(list(by), sort=True):
         matrix = group.pivot_table(index="run", columns=task, values=value, aggfunc="mean")
         complete = matrix.dropna()
@@ -221,9 +237,20 @@ def aggregate_with_ci(frame: pd.DataFrame, value: str, by: Sequence[str] = GROUP
             dropped = ", ".join(map(str, matrix.index.difference(complete.index)))
             warnings.warn(f"{keys}: dropping runs missing a task's {value}: {dropped}",
                           stacklevel=2)
-        if complete.empty:
-            continue
-        scores = complete.to_numpy()
+        if not complete.empty:
+            matrices[keys] = complete
+    return matrices
+
+
+def aggregate_with_ci(frame: pd.DataFrame, value: str, by: Sequence[str] = GROUP_KEYS,
+                      task: str = "task_index", statistics: Sequence[str] = ("iqm", "mean"),
+                      reps: int = 10_000, confidence: float = 0.95,
+                      seed: int = 0) -> pd.DataFrame:
+    """IQM and mean of `value` across runs and tasks per group, with stratified bootstrap CIs,
+    over the `score_matrices` (runs lacking a task dropped)."""
+    rows = []
+    for keys, matrix in score_matrices(frame, value, by, task).items():
+        scores = matrix.to_numpy()
         for name in statistics:
             statistic = STATISTICS[name]
             low, high = stratified_bootstrap_ci(scores, statistic, reps, confidence, seed)
@@ -232,6 +259,91 @@ def aggregate_with_ci(frame: pd.DataFrame, value: str, by: Sequence[str] = GROUP
                          "ci_low": low, "ci_high": high,
                          "n_runs": scores.shape[0], "n_tasks": scores.shape[1]})
     columns = [*by, "statistic", "estimate", "ci_low", "ci_high", "n_runs", "n_tasks"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def fraction_above(scores: np.ndarray, taus: np.ndarray) -> np.ndarray:
+    """Fraction of the (..., runs, tasks) scores above each τ: shape (..., len(taus))."""
+    rows = np.sort(scores.reshape(-1, scores.shape[-2] * scores.shape[-1]), axis=-1)
+    at_most = np.stack([np.searchsorted(row, taus, side="right") for row in rows])  # <= τ
+    return (1 - at_most / rows.shape[-1]).reshape(*scores.shape[:-2], len(taus))
+
+
+def profile_taus(matrices: Mapping[tuple, pd.DataFrame], num: int = 101) -> np.ndarray:
+    """One τ grid for every profile: from min(0, lowest score) to the highest score."""
+    scores = np.concatenate([m.to_numpy().ravel() for m in matrices.values()])
+    return np.linspace(min(0.0, scores.min()), scores.max(), num)
+
+
+def performance_profiles(matrices: Mapping[tuple, pd.DataFrame], taus: np.ndarray | None = None,
+                         by: Sequence[str] = GROUP_KEYS, reps: int = 10_000,
+                         confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """Agarwal et al.'s performance profile (rliable's `create_performance_profile` with its
+    default score distribution) per group: the fraction of all runs' task scores above τ, with
+    a stratified bootstrap band. Columns: `by`, tau, fraction, ci_low, ci_high, n_runs, n_tasks.
+    """
+    if not matrices:
+        return pd.DataFrame(columns=[*by, "tau", "fraction", "ci_low", "ci_high", "n_runs",
+                                     "n_tasks"])
+    taus = profile_taus(matrices) if taus is None else np.asarray(taus, dtype=float)
+    frames = []
+    for keys, matrix in matrices.items():
+        scores = matrix.to_numpy()
+        low, high = bootstrap_interval(lambda r: fraction_above(r, taus), [scores], reps,
+                                       confidence, seed)
+        frames.append(pd.DataFrame({**dict(zip(by, keys)), "tau": taus,
+                                    "fraction": fraction_above(scores, taus),
+                                    "ci_low": low, "ci_high": high,
+                                    "n_runs": scores.shape[0], "n_tasks": scores.shape[1]}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def probability_of_improvement(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """rliable's P(X > Y): per task, the Mann-Whitney U statistic of X's runs over Y's divided
+    by their number of pairs (P(x > y) + P(x = y) / 2), averaged over tasks. x (..., n, tasks)
+    and y (..., m, tasks) with the same tasks; a leading batch of replicates is kept."""
+    n, m = x.shape[-2], y.shape[-2]
+    # U counts the pairs X wins, a tie as half; one run of X at a time bounds the memory
+    u = sum((run > y).sum(axis=-2) + 0.5 * (run == y).sum(axis=-2)
+            for run in np.split(x, n, axis=-2))
+    return (u / (n * m)).mean(axis=-1)
+
+
+def improvement_pairs(strategy_sets: Sequence[str], baseline: str,
+                      all_pairs_up_to: int = 4) -> list[tuple[str, str]]:
+    """(X, Y) pairs to compare: every pair among few sets, else each set against `baseline`
+    (every pair when it has no runs). P(Y > X) = 1 - P(X > Y), so each pair comes once, with
+    `baseline` as Y."""
+    names = sorted(strategy_sets)
+    if len(names) > all_pairs_up_to and baseline in names:
+        return [(name, baseline) for name in names if name != baseline]
+    pairs = [(x, y) for i, x in enumerate(names) for y in names[i + 1:]]
+    return [(y, x) if x == baseline else (x, y) for x, y in pairs]
+
+
+def improvement_probabilities(matrices: Mapping[tuple, pd.DataFrame], baseline: str = BASELINE,
+                              all_pairs_up_to: int = 4, reps: int = 10_000,
+                              confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """P(X > Y) (`probability_of_improvement`) between the strategy sets of each agent and
+    sequence, on the task positions both have, with a CI from resampling each set's runs within
+    every task on its own, as rliable. Keys of `matrices`: GROUP_KEYS (strategy set last)."""
+    fixed = GROUP_KEYS[:-1]
+    rows = []
+    for comparison in sorted({keys[:-1] for keys in matrices}):
+        sets = {keys[-1]: m for keys, m in matrices.items() if keys[:-1] == comparison}
+        for x_name, y_name in improvement_pairs(list(sets), baseline, all_pairs_up_to):
+            tasks = sets[x_name].columns.intersection(sets[y_name].columns)
+            if tasks.empty:
+                continue
+            x, y = sets[x_name][tasks].to_numpy(), sets[y_name][tasks].to_numpy()
+            low, high = bootstrap_interval(probability_of_improvement, [x, y], reps,
+                                           confidence, seed)
+            rows.append({**dict(zip(fixed, comparison)), "x": x_name, "y": y_name,
+                         "probability": float(probability_of_improvement(x, y)),
+                         "ci_low": float(low), "ci_high": float(high),
+                         "n_runs_x": len(x), "n_runs_y": len(y), "n_tasks": len(tasks)})
+    columns = [*fixed, "x", "y", "probability", "ci_low", "ci_high", "n_runs_x", "n_runs_y",
+               "n_tasks"]
     return pd.DataFrame(rows, columns=columns)
 
 

@@ -25,6 +25,7 @@ from agents.runtime.launch import run_training
 from agents.runtime.run_dir import read_status, write_status
 from analysis.study.executors import LocalExecutor, RayExecutor
 from analysis.study.grid_config import Bench, Cell, check_cells, load_bench
+from analysis.study.progress import BENCH_BAR_FORMAT, eta_postfix, eta_text
 
 LOG_FILE = "stdout.log"
 RUN_ENDS = ("finished", "interrupted", "failed")  # what training leaves in status.json
@@ -146,7 +147,8 @@ def run_bench(bench: Bench, executor, out: TextIO) -> list[CellResult]:
             print(f"{'moved aside':<11} {cell.run_dir} -> {move_aside(cell.run_dir).name}",
                   file=out)
     with tqdm(total=len(actions), initial=len(results), desc=bench.name, unit="run",
-              file=sys.stderr, dynamic_ncols=True) as bar:
+              file=sys.stderr, dynamic_ncols=True, bar_format=BENCH_BAR_FORMAT,
+              postfix=eta_text(0, 0, len(todo))) as bar:
         for cell, outcome in executor.map_unordered(run_cell, todo):
             if not isinstance(outcome, CellResult):  # the executor lost the run
                 error = "".join(traceback.format_exception(outcome))
@@ -154,6 +156,7 @@ def run_bench(bench: Bench, executor, out: TextIO) -> list[CellResult]:
                 outcome = CellResult(cell.label, "failed", error=error)
             results.append(outcome)
             bar.update(1)
+            bar.set_postfix_str(eta_postfix(bar))  # the pace of the cells ended so far
             bar.write(status_line(outcome, cell), file=out)
     return results
 

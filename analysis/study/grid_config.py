@@ -14,7 +14,8 @@
 Each cell is the base config with the overrides, the sequence's settings and exactly the set's
 strategies (the base config's own are switched off), labelled so that the tidy table of
 `analysis.study.results` finds it: `strategy_set` = the set's name, `exp_name` = the sequence's
-name.
+name; and for Weights & Biases (`logging.wandb`), group = the bench's name and job_type = the
+set's name where the base config leaves them unset, the set's name added to the tags.
 """
 
 from __future__ import annotations
@@ -129,10 +130,16 @@ def expand(bench: DictConfig, root: Path) -> list[Cell]:
         for sequence_name, settings in sequences.items():
             sequence = [f"sequence.{key}={json.dumps(value)}" for key, value in settings.items()]
             cfg = load_config(bench.base, [*shared, *sequence, *switch_off, *chosen])
+            wandb = cfg.logging.wandb  # W&B: runs grouped by bench, typed by strategy set
+            wandb_labels = {"group": wandb.group or root.name,
+                            "job_type": wandb.job_type or set_name,
+                            "tags": list(dict.fromkeys([*wandb.tags, set_name])),
+                            "id": ""}  # each cell its own W&B run, whatever the base says
             for seed in bench.seeds:
                 run_dir = root / set_name / sequence_name / f"s{seed}"
                 labels = {"seed": seed, "strategy_set": set_name, "exp_name": sequence_name,
-                          "run_dir": str(run_dir)}  # a mapping: names are never parsed as YAML
+                          "run_dir": str(run_dir),  # a mapping: names are never parsed as YAML
+                          "logging": {"wandb": wandb_labels}}
                 cell_cfg = merge_config(cfg, OmegaConf.create(labels), str(run_dir))
                 cells.append(Cell(set_name, sequence_name, seed, run_dir, cell_cfg))
     return cells

@@ -105,6 +105,26 @@ def ratio_per_task(ratios: pd.DataFrame, stem: Path, reference: str) -> Path:
     return save(fig, stem)
 
 
+def performance_profiles(profiles: pd.DataFrame, stem: Path, reference: str) -> Path:
+    """Agarwal et al.'s performance profiles (`aggregate.performance_profiles`): per strategy
+    set, the fraction of scores above τ with its bootstrap band; a panel per agent and sequence."""
+    styles = set_styles(profiles["strategy_set"].unique(), reference)
+    fig, axes = _sequence_axes(sorted(profiles.groupby(["agent", "sequence"]).groups))
+    for (agent, sequence), ax in axes.items():
+        frame = profiles[(profiles["agent"] == agent) & (profiles["sequence"] == sequence)]
+        for name, curve in frame.groupby("strategy_set", sort=True):
+            ax.plot(curve["tau"], curve["fraction"], label=name, **styles[name])
+            ax.fill_between(curve["tau"], curve["ci_low"], curve["ci_high"], alpha=0.15,
+                            color=styles[name]["color"])
+        ax.axvline(1.0, color="grey", linestyle=":", linewidth=1)  # a fresh network's ratio
+        ax.set(xlabel="plasticity ratio τ", ylabel="fraction of runs × tasks > τ",
+               ylim=(-0.02, 1.02))
+        ax.set_title(f"{agent}: {sequence}", fontsize=10)
+        ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return save(fig, stem)
+
+
 DENSITY_LINTHRESH = 1e-2  # the symlog x-axis is linear within ±this: He et al.'s smallest ε
 
 

@@ -3,8 +3,11 @@ report (report.md and a self-contained report.html) that shows them.
 
     RUNS_DIR/report/results.csv        the tidy table (analysis.study.results), or results.parquet
     RUNS_DIR/report/tables/*.csv       every statistic below, one row per run/task/group
-    RUNS_DIR/report/figures/*.png|pdf  learning curves, plasticity ratio per task, ε-rank vs
-                                       ratio scatter (He et al.'s Fig. 5), densities
+    RUNS_DIR/report/figures/*.png|pdf  learning curves, plasticity ratio per task, performance
+                                       profiles, ε-rank vs ratio scatter (He et al.'s Fig. 5),
+                                       densities
+    RUNS_DIR/report/score_matrices/    AGENT__SEQUENCE.npz: strategy set -> (runs x task
+                                       positions) ratios, the dict rliable's functions take
     RUNS_DIR/report/report.md|html     opening with the headline (analysis.study.headline)
 
 Only finished runs enter the statistics; the others are listed. Warnings raised on the way (a
@@ -14,10 +17,12 @@ task whose reference learns nothing, a run missing a task, ...) end up in the re
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from agents.errors import ConfigError
@@ -32,8 +37,11 @@ from analysis.study.aggregate import (
     final_performance,
     first_task_ratios,
     forgetting,
+    improvement_probabilities,
+    performance_profiles,
     plasticity_ratio,
     ratio_trend,
+    score_matrices,
     spectral_correlation,
     spectral_pairs,
     switch_spectra,
@@ -41,8 +49,10 @@ from analysis.study.aggregate import (
 )
 from analysis.study.document import Document
 from analysis.study.headline import OUR_PREDICTORS, POOLED, baseline_comparison, headline
+from analysis.study.progress import progress_bar
 from analysis.study.report_tables import (
     epsilon_table,
+    improvement_table,
     per_task_table,
     prediction_table,
     spectral_tables,
@@ -81,6 +91,9 @@ def analyse(table: pd.DataFrame, reference: str,
             ignore_index=True)
         stats.update(_collapse(table, studied, stats["spectral_correlation"]))
         stats["first_task"] = first_task_ratios(ratios)
+        matrices = score_matrices(ratios, "plasticity_ratio")  # rliable's score of a run and task
+        stats["performance_profile"] = performance_profiles(matrices)
+        stats["probability_of_improvement"] = improvement_probabilities(matrices, baseline)
     stats["aggregate"] = pd.concat(aggregates, ignore_index=True)
     if "plasticity_ratios" in stats:
         stats["baseline_comparison"] = baseline_comparison(stats["aggregate"], baseline,
@@ -113,26 +126,48 @@ def _collapse(table: pd.DataFrame, studied: pd.DataFrame, correlation: pd.DataFr
         columns=columns), "collapse_points": points}
 
 
-def collect_densities(root: Path, table: pd.DataFrame) -> dict[str, dict[int, list]]:
+def collect_densities(root: Path, table: pd.DataFrame,
+                      progress: bool = False) -> dict[str, dict[int, list]]:
     """strategy set -> switch -> [(nodes, weights) per run] from the runs' spectra/ files."""
     densities: dict[str, dict[int, list]] = {}
-    for run, strategy_set in table[["run", "strategy_set"]].drop_duplicates().itertuples(
-            index=False):
+    runs = table[["run", "strategy_set"]].drop_duplicates()
+    for run, strategy_set in progress_bar(runs.itertuples(index=False), total=len(runs),
+                                          desc="reading spectra", unit="run",
+                                          enabled=progress):
         for switch, nodes, weights in read_switch_densities(root / run):
             densities.setdefault(strategy_set, {}).setdefault(switch, []).append((nodes, weights))
     return densities
 
 
+def save_score_matrices(matrices: dict[tuple, pd.DataFrame], directory: Path) -> list[Path]:
+    """One AGENT__SEQUENCE.npz per comparison: strategy set -> its (runs x task positions) array,
+    rows in run-name order: `dict(np.load(path))` is the dict rliable's functions take."""
+    comparisons: dict[tuple, dict[str, np.ndarray]] = {}
+    for (agent, sequence, strategy_set), matrix in matrices.items():
+        comparisons.setdefault((agent, sequence), {})[strategy_set] = matrix.to_numpy()
+    paths = []
+    for (agent, sequence), arrays in sorted(comparisons.items()):
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / re.sub(r"[^\w.+=-]", "_", f"{agent}__{sequence}.npz")
+        np.savez(path, **arrays)
+        paths.append(path)
+    return paths
+
+
 def write_report(root: Path, out: Path, reference: str = REFERENCE,
                  table_format: str = "csv", explicit_reference: bool = False,
-                 baseline: str = BASELINE, explicit_baseline: bool = False) -> Path:
-    """Read the finished runs under `root`, write everything into `out`; returns report.md."""
+                 baseline: str = BASELINE, explicit_baseline: bool = False,
+                 progress: bool = False) -> Path:
+    """Read the finished runs under `root`, write everything into `out`; returns report.md.
+    `progress`: bars on stderr while it reads and computes (when stderr is a terminal)."""
     if not root.is_dir():
         raise ConfigError(f"runs directory not found: {root}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         # inside the recorded block, so that a skipped run's warning becomes one note
-        table, left_out = read_runs_by_status(root, statuses=("finished",))
+        table, left_out = read_runs_by_status(
+            root, statuses=("finished",), progress=lambda run_dirs: progress_bar(
+                run_dirs, desc="reading runs", unit="run", enabled=progress))
         if table.empty:
             raise ConfigError(f"no finished runs under {root} (a run directory holds "
                               "config.yaml, TensorBoard events and status.json)")
@@ -143,8 +178,12 @@ def write_report(root: Path, out: Path, reference: str = REFERENCE,
         if explicit_baseline and baseline not in sets:
             raise ConfigError(f"--baseline: no finished runs of strategy set '{baseline}' "
                               f"(sets: {', '.join(sets)})")
-        stats = analyse(table, reference, baseline)
-        densities = collect_densities(root, table)
+        with progress_bar(desc="report: statistics and bootstrap CIs", bar_format="{desc}",
+                          enabled=progress):  # says what the wait is for
+            stats = analyse(table, reference, baseline)
+        matrices = (score_matrices(stats["plasticity_ratios"], "plasticity_ratio")
+                    if "plasticity_ratios" in stats else {})
+        densities = collect_densities(root, table, progress)
     notes = list(dict.fromkeys(str(warning.message) for warning in caught))
     for note in notes:
         print(f"warning: {note}", file=sys.stderr)
@@ -155,7 +194,8 @@ def write_report(root: Path, out: Path, reference: str = REFERENCE,
     for name, frame in stats.items():
         frame.to_csv(out / "tables" / f"{name}.csv", index=False)
     written = [out / f"results.{table_format}", *(out / "tables" / f"{name}.csv"
-                                                  for name in stats)]
+                                                  for name in stats),
+               *save_score_matrices(matrices, out / "score_matrices")]
     figures = out / "figures"
     doc = Document(f"Plasticity benchmark: {root.name}")
     _headline(doc, stats, baseline, reference)
@@ -172,6 +212,8 @@ def write_report(root: Path, out: Path, reference: str = REFERENCE,
                    "Plasticity ratio of each task position (mean over seeds ± standard error); "
                    "1 = learns the task as well as a fresh network")
     doc.table(per_task_table(stats))
+    if not stats.get("performance_profile", pd.DataFrame()).empty:
+        _distribution_section(doc, stats, figures, reference, baseline)
     _spectral_section(doc, stats, densities, figures, sets, reference)
     written += [png.with_suffix(suffix) for png in doc.figures() for suffix in (".png", ".pdf")]
     doc.heading("Files")
@@ -221,6 +263,31 @@ def _overview(doc: Document, root: Path, table: pd.DataFrame, left_out: dict[str
              "against the task position, per run, averaged over seeds (t-interval). Final "
              "return: the return in the last 10% of each task's last visit. Forgetting: the best "
              "earlier return on leaving a task minus the return on arriving at it again.")
+
+
+def _distribution_section(doc: Document, stats, figures: Path, reference: str,
+                          baseline: str) -> None:
+    """rliable's other two views of the ratios: performance profiles and P(X > Y)."""
+    doc.heading("Score distributions and probability of improvement")
+    doc.figure(plots.performance_profiles(stats["performance_profile"],
+                                          figures / "performance_profiles", reference),
+               "Performance profiles (Agarwal et al. 2021): the fraction of all runs' task "
+               "positions whose plasticity ratio exceeds τ, with 95% stratified bootstrap bands; "
+               "a curve above another everywhere dominates it")
+    improvement = stats["probability_of_improvement"]
+    if not improvement.empty:
+        pairs = (f"each strategy set against `{baseline}`"
+                 if set(improvement["y"]) == {baseline} else "every pair of strategy sets")
+        doc.text("Probability of improvement P(X > Y), as rliable's "
+                 "`probability_of_improvement`: the chance that a run of X has a higher ratio "
+                 "than a run of Y on the same task position (ties count ½), averaged over the "
+                 f"positions; 0.5 = no difference. For {pairs}; 95% CIs from resampling each "
+                 "set's runs within every position on its own.")
+        doc.table(improvement_table(improvement))
+    doc.text("For rliable: `score_matrices/AGENT__SEQUENCE.npz` holds each strategy set's "
+             "(runs × task positions) ratios, runs in name order: `scores = dict(np.load(path))` "
+             "is the dict `rliable.library.get_interval_estimates(scores, func)` and "
+             "`create_performance_profile(scores, taus)` take.")
 
 
 def _spectral_section(doc: Document, stats, densities, figures: Path, strategy_sets,
@@ -310,6 +377,8 @@ def report_parser() -> argparse.ArgumentParser:
                         f"compares the others against (default: {BASELINE})")
     parser.add_argument("--format", choices=("csv", "parquet"), default="csv",
                         help="file format of the tidy table (default: csv)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars on stderr (drawn only on a terminal anyway)")
     return parser
 
 
@@ -320,6 +389,7 @@ def main(argv: list[str]) -> int:
     report = write_report(root, out, args.reference or REFERENCE, args.format,
                           explicit_reference=args.reference is not None,
                           baseline=args.baseline or BASELINE,
-                          explicit_baseline=args.baseline is not None)
+                          explicit_baseline=args.baseline is not None,
+                          progress=not args.no_progress)
     print(f"report: {report}\n        {report.with_suffix('.html')}")
     return 0

@@ -83,6 +83,16 @@ def per_task_table(stats: dict[str, pd.DataFrame]) -> pd.DataFrame:
                                  "return_ratio": "ratio (mean return)"})
 
 
+def improvement_table(improvement: pd.DataFrame) -> pd.DataFrame:
+    """P(X > Y) with its CI, per pair of strategy sets (and agent, sequence)."""
+    table = improvement[["agent", "sequence", "x", "y"]].rename(
+        columns={**LABELS, "x": "X", "y": "Y"})
+    table["P(X > Y) [95% CI]"] = [with_ci(*row) for row in improvement[
+        ["probability", "ci_low", "ci_high"]].itertuples(index=False)]
+    return table.assign(**{"runs X": improvement["n_runs_x"], "runs Y": improvement["n_runs_y"],
+                           "positions": improvement["n_tasks"]})
+
+
 def spectral_tables(stats: dict[str, pd.DataFrame], extra: tuple[str, ...] = ()
                     ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(mean of each spectral number per set and switch, its correlation with the ratio), for

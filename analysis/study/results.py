@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,13 +183,15 @@ def read_runs(root: str | Path, statuses: Collection[str] | None = None) -> pd.D
     return read_runs_by_status(root, statuses)[0]
 
 
-def read_runs_by_status(root: str | Path, statuses: Collection[str] | None = None
+def read_runs_by_status(root: str | Path, statuses: Collection[str] | None = None,
+                        progress: Callable[[list[Path]], Iterable[Path]] = iter
                         ) -> tuple[pd.DataFrame, dict[str, str]]:
     """`read_runs`, and the status of each readable run it left out for its status, by run
-    name: what a report lists as not finished, without reading any config again."""
+    name: what a report lists as not finished, without reading any config again. `progress`
+    wraps the list of run directories, e.g. in a progress bar."""
     root = Path(root)
     tables, left_out = [], {}
-    for run_dir in find_run_dirs(root):
+    for run_dir in progress(find_run_dirs(root)):
         name = _run_name(run_dir, root)
         try:
             info = read_run_info(run_dir)

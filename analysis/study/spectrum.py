@@ -8,6 +8,7 @@ batch of the task it was on (or `--task NAME`), exactly as the monitor measures 
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 from agents.errors import ConfigError
@@ -17,6 +18,8 @@ from agents.runtime.trainer import Trainer
 from analysis.monitor.measure import measure_spectrum
 from analysis.monitor.observer import SpectralMonitor
 from analysis.monitor.outputs import save_npz, summary_line
+from analysis.spectral.hessian import GGNOperator, HessianOperator
+from analysis.study.progress import progress_bar
 
 EPILOG = """\
   pliable spectrum runs/tiny/none__s1__20260101-120000/checkpoints/switch_002.pt
@@ -35,7 +38,32 @@ def spectrum_parser() -> argparse.ArgumentParser:
     parser.add_argument("overrides", nargs="*", help="monitor.key=value settings")
     parser.add_argument("--task", help="task to draw the batch from (default: the checkpoint's)")
     parser.add_argument("--out", help="output directory (default: RUN_DIR/spectra/offline)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar on stderr (drawn only on a terminal anyway)")
     return parser
+
+
+@contextlib.contextmanager
+def counting_products(bar):
+    """Tick `bar` at every Hessian- and Gauss-Newton-vector product meanwhile: where the time
+    of a large network's spectrum goes, and `measure_spectrum` has no callback of its own. The
+    products themselves are unchanged."""
+    originals = {cls: cls.matvec for cls in (HessianOperator, GGNOperator)}
+
+    def counted(matvec):
+        def wrapper(self, vector):
+            product = matvec(self, vector)
+            bar.update(1)
+            return product
+        return wrapper
+
+    for cls, matvec in originals.items():
+        cls.matvec = counted(matvec)
+    try:
+        yield bar
+    finally:
+        for cls, matvec in originals.items():
+            cls.matvec = matvec
 
 
 def run_dir_of(checkpoint: Path) -> Path:
@@ -68,8 +96,13 @@ def main(argv: list[str]) -> int:
         segment = next(s for s in trainer.sequence if s.task.name == args.task)
     trainer.agent.load_state_dict(state["agent"])
     seed = monitor.seed_for(state["segment"], "post")  # the monitor's own seed at that switch
-    batch = monitor.subsample(monitor.fresh_batch(trainer.view, segment, seed), seed)
-    measured = measure_spectrum(trainer.agent, batch, cfg.monitor, seed)
+    with progress_bar(desc="spectrum: drawing a batch", unit="product",
+                      bar_format="{desc}: {n} [{elapsed}, {rate_fmt}]",
+                      enabled=not args.no_progress) as bar:
+        batch = monitor.subsample(monitor.fresh_batch(trainer.view, segment, seed), seed)
+        bar.set_description("spectrum: Hessian/GGN-vector products")
+        with counting_products(bar):
+            measured = measure_spectrum(trainer.agent, batch, cfg.monitor, seed)
     out = Path(args.out) if args.out else run_dir / "spectra" / "offline"
     path = out / f"{checkpoint.stem}__{segment.task.name}.npz"
     save_npz(path, measured, step=state["step"], phase="post", task=segment.task.name,
