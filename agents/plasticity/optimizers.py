@@ -178,7 +178,7 @@ class Trac(Strategy):
             metadata=decay_rate(each=True))
         # The paper's s_init is 1e-8: S then needs ~40 consistent steps to reach 1 and, with
         # PPO's noisy ⟨Δ, g⟩ on a sparse-reward task, stays at 0.01-0.3 (a first MiniGrid task
-        # learned at 0.35 of plain Adam's AUC). From 1e-2, S starts at ~0.1 (README, trac).
+        # learned at 0.35 of plain Adam's AUC). From 1e-2, S starts at ~0.1 (docs/strategies.md).
         s_init: float = field(default=1e-2, metadata=positive())
         eps: float = field(default=1e-8, metadata=positive())
 

@@ -25,8 +25,8 @@ class ShrinkPerturb(Strategy):
     values of Juliani & Ash 2024 (awjuliani/deep-rl-plasticity: `sp-5-5` at each shift, `ssp-6`
     per step); alpha or sigma, when set, replaces that default. The switch setting used to be
     α 0.4, σ 0.1: that leaves the weights at ~0.41 of their initial scale, and a MiniGrid study's
-    later tasks learned at 0.44 of a fresh agent (0.5/0.5: 1.29; README, Plasticity
-    strategies)."""
+    later tasks learned at 0.44 of a fresh agent (0.5/0.5: 1.29;
+    docs/strategies.md)."""
 
     paper = "Ash & Adams 2020, On warm-starting neural network training (NeurIPS 2020); " \
             "defaults: Juliani & Ash 2024, A study of plasticity loss in on-policy deep RL"
