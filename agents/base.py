@@ -94,7 +94,7 @@ class Agent:
         section = cfg[self.name]
         self.learner = Learner(spec, strategies, dict(agent=self.name, seed=cfg.seed),
                                section.learning_rate, section.adam_eps, section.max_grad_norm,
-                               device, cfg.compile, section.adam_betas)
+                               device, cfg.compile, section.adam_betas, cfg.precision)
         self.network = self.learner.network
         self.ctx.sample_obs = self.sample_recent_obs
 

@@ -306,7 +306,9 @@ class DQN(Agent):
         forward = self.learner.train_forward
         totals = Counter()  # update() sums values, tensors included
         for _ in range(self.updates_per_train_step):
-            batch = self.make_batch(self.buffer.sample(self.cfg.batch_size, self.replay_rng))
+            sample = self.buffer.sample(self.cfg.batch_size, self.replay_rng)
+            with self.learner.autocast():  # the target network's pass in bf16 too, if asked
+                batch = self.make_batch(sample)
             loss, stats, outputs, features = self.loss(batch, forward)
             stats.update(self.learner.optimize(
                 StepContext(self.ctx, batch.obs, loss, features,

@@ -3,10 +3,16 @@
 penalties from strategies -> backward -> gradient clipping -> optimizer step -> post-step hooks.
 PPO and DQN build a loss and call `optimize`; they never name a strategy. One strategy may wrap
 the gradient computation (`Strategy.gradient`: SAM takes it at a perturbed point).
+
+`precision: bf16` is mixed precision on this path alone: the gradient steps' forward runs under
+autocast and hands back fp32 outputs and features, so the loss, every strategy penalty, the
+gradients, Adam's state and the weights stay fp32. Acting, the spectral monitor and the
+strategies' own probes call the network directly, in fp32.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
@@ -18,13 +24,22 @@ from agents.networks import Network, NetworkSpec
 from agents.plasticity.base import StrategyStack
 
 COUNTERS = ("global_step", "update_count", "iteration", "task_index", "task_name")
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16}  # precision -> autocast dtype
+PRECISIONS = tuple(AUTOCAST_DTYPES)
+
+
+def as_fp32(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Floating tensors cast to fp32 (differentiably), others as they are."""
+    return {name: t.float() if t.is_floating_point() else t for name, t in tensors.items()}
 
 
 class Learner:
     def __init__(self, spec: NetworkSpec, strategies: StrategyStack, ctx_kwargs: dict,
                  learning_rate: float, adam_eps: float, max_grad_norm: Optional[float],
-                 device: torch.device, compile: bool = False, adam_betas=(0.9, 0.999)):
+                 device: torch.device, compile: bool = False, adam_betas=(0.9, 0.999),
+                 precision: str = "fp32"):
         self.strategies = strategies
+        self.autocast_dtype = AUTOCAST_DTYPES[precision]
         strategies.configure_network(spec)
         self.network = Network(spec).to(device)
         # The forward pass (and so the backward) of every gradient step, torch.compile'd on
@@ -41,7 +56,17 @@ class Learner:
         self.nonfinite_loss = torch.zeros((), dtype=torch.bool, device=device)
 
     def _forward(self, obs: torch.Tensor):
-        return self.network(obs, return_features=True)
+        if self.autocast_dtype is None:
+            return self.network(obs, return_features=True)
+        with self.autocast():
+            outputs, features = self.network(obs, return_features=True)
+        return as_fp32(outputs), as_fp32(features)
+
+    def autocast(self):
+        """The mixed-precision context of the gradient steps' forward passes (bf16), or none."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.ctx.device.type, dtype=self.autocast_dtype)
 
     def setup(self) -> None:
         """Call once the agent has filled in the rest of the context (targets, samplers)."""

@@ -1,6 +1,6 @@
 """Baselines for bench/throughput.py: the loop structure of CleanRL's ppo_atari.py and
 dqn_atari.py, restated minimally in our own words (their scripts are not vendored here, and
-`bench/throughput.py --cleanrl PATH` times a real copy).
+`bench/throughput.py --cleanrl DIR` times the real scripts).
 
 What is kept is what costs time there:
 - each env is gymnasium wrappers around one ALE emulator, stepped in turn by a SyncVectorEnv:

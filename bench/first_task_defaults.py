@@ -150,6 +150,14 @@ def ratio_ci(values: np.ndarray, base: np.ndarray, reps: int = 10_000,
     return float(ratio), float(low), float(high)
 
 
+def add_run_options(parser: argparse.ArgumentParser, set_help: str) -> None:
+    """--jobs, --set and --out: how a bench of train.py runs runs them (bench/precision.py too)."""
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (2)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help=set_help)
+    parser.add_argument("--out", type=Path, help="keep the runs here (default: a temporary "
+                        "directory, removed afterwards)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -161,12 +169,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="seeds 1..N per strategy (3)")
     parser.add_argument("--strategies", nargs="+", metavar="STRATEGY",
                         help="names, or NAME={settings} (default: every registered strategy)")
-    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (2)")
     parser.add_argument("--threshold", type=float, default=0.8, help="PASS at this ratio (0.8)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="config overrides for every run, baseline included")
-    parser.add_argument("--out", type=Path, help="keep the runs here (default: a temporary "
-                        "directory, removed afterwards)")
+    add_run_options(parser, "config overrides for every run, baseline included")
     args = parser.parse_args()
 
     arms = [parse_arm(text) for text in (args.strategies or sorted(STRATEGIES))]

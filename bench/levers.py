@@ -11,7 +11,9 @@ for a few tiny images, the categorical draw, GAE in numpy, log-probabilities wit
 distribution), `threads` (torch threads and libgomp's waiting for updates and
 for acting: each setting in its own process, as libgomp reads it once), `envs` (ale-py's
 AtariVectorEnv vs gymnasium wrappers in a SyncVectorEnv), `replay` (sampling a batch from the
-replay buffer vs the update that uses it). Variants alternate within a round, so load from other
+replay buffer vs the update that uses it), `precision` (`precision: bf16`'s autocast forward
+against fp32, for a gradient step and a graph-free pass, with every core's threads as Atari runs
+use them). Variants alternate within a round, so load from other
 users falls on all alike; medians over rounds.
 One torch thread unless a section says otherwise.
 """
@@ -260,8 +262,40 @@ def replay(rounds: int) -> None:
                   "replay sample (32, vectorised)": lambda: buffer.sample(32, rng)}, rounds, 5))
 
 
+def precision(rounds: int) -> None:
+    from agents.learner import as_fp32
+
+    def bf16(net):
+        """The learner's forward under precision: bf16 (agents/learner.py)."""
+        def forward(x):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                outputs, features = net(x, return_features=True)
+            return as_fp32(outputs), as_fp32(features)
+        return forward
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count())  # as Atari configs train (torch_threads: 0)
+    try:
+        for name in NETS:
+            net, obs = network(name)
+            for batch in (256, 32):
+                show(f"precision, {name}, gradient step on {batch} observations "
+                     f"({torch.get_num_threads()} threads)",
+                     compare({"fp32": update_step(net, obs[:batch]),
+                              "bf16 autocast": update_step(net, obs[:batch], bf16(net))},
+                             rounds, 3))
+            for batch in (32, 8):
+                plain = torch.no_grad()(lambda net=net, x=obs[:batch]: net(x))
+                cast = torch.no_grad()(lambda net=net, x=obs[:batch]: bf16(net)(x))
+                show(f"precision, {name}, graph-free pass on {batch} (DQN's targets, acting)",
+                     compare({"fp32": plain, "bf16 autocast": cast}, rounds, 20))
+    finally:
+        torch.set_num_threads(threads)
+
+
 SECTIONS = {"layout": layout, "compile": compile_section, "adam": adam, "inference": inference,
-            "acting": acting, "threads": threads, "envs": envs, "replay": replay}
+            "acting": acting, "threads": threads, "envs": envs, "replay": replay,
+            "precision": precision}
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from agents.base import AGENTS
 from agents.catalogue import agent_class
 from agents.errors import ConfigError, at_least, check_ranges, non_negative, seed_range
+from agents.learner import PRECISIONS
 from agents.networks import ACTIVATIONS, CNN_TORSOS, INITS, NetworkConfig
 from agents.plasticity import build_strategies
 from agents.runtime.wandb_sync import CHOICES as LOGGING_CHOICES
@@ -88,6 +89,9 @@ def _schema(agent_sections) -> type:
         ("torch_threads", int, field(default=0, metadata=at_least(0))),
         # torch.compile the gradient steps' forward/backward (little gain on CPU)
         ("compile", bool, field(default=False)),
+        # fp32 | bf16: bf16 autocast around the gradient steps' forward passes; the loss,
+        # penalties, gradients, Adam and the spectral monitor stay fp32 (agents/learner.py)
+        ("precision", str, field(default="fp32")),
         ("exp_name", str, field(default="")),  # defaults to the config file's stem
         ("runs_root", str, field(default="runs")),
         ("run_dir", Optional[str], field(default=None)),  # explicit run directory (must not exist)
@@ -109,6 +113,7 @@ def _schema(agent_sections) -> type:
 
 
 CHOICES = {
+    "precision": PRECISIONS,
     "env.backend": ("auto", "gymnasium", "ale_vector"),
     "network.arch": ("auto", *CNN_TORSOS, "mlp"),
     "network.activation": ACTIVATIONS,
