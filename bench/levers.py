@@ -12,8 +12,8 @@ distribution), `threads` (torch threads and libgomp's waiting for updates and
 for acting: each setting in its own process, as libgomp reads it once), `envs` (ale-py's
 AtariVectorEnv vs gymnasium wrappers in a SyncVectorEnv), `replay` (sampling a batch from the
 replay buffer vs the update that uses it), `precision` (`precision: bf16`'s autocast forward
-against fp32, for a gradient step and a graph-free pass, with every core's threads as Atari runs
-use them). Variants alternate within a round, so load from other
+against fp32, for a gradient step (fused Adam, as training) and a graph-free pass, with every
+core's threads as Atari runs use them). Variants alternate within a round, so load from other
 users falls on all alike; medians over rounds.
 One torch thread unless a section says otherwise.
 """
@@ -64,9 +64,10 @@ def network(name: str, channels_last: bool = True) -> tuple[Network, torch.Tenso
     return net, torch.randint(0, high + 1, (256, *shape), dtype=torch.uint8)
 
 
-def update_step(net: Network, obs: torch.Tensor, forward=None):
-    """A PPO-shaped gradient step: forward, a loss of both heads, backward, Adam."""
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-8)
+def update_step(net: Network, obs: torch.Tensor, forward=None, fused: bool = False):
+    """A PPO-shaped gradient step: forward, a loss of both heads, backward, Adam (torch's CPU
+    default, or fused as training runs it)."""
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-8, fused=fused)
     forward = forward or (lambda x: net(x, return_features=True))
 
     def step():
@@ -281,8 +282,9 @@ def precision(rounds: int) -> None:
             for batch in (256, 32):
                 show(f"precision, {name}, gradient step on {batch} observations "
                      f"({torch.get_num_threads()} threads)",
-                     compare({"fp32": update_step(net, obs[:batch]),
-                              "bf16 autocast": update_step(net, obs[:batch], bf16(net))},
+                     compare({"fp32": update_step(net, obs[:batch], fused=True),
+                              "bf16 autocast": update_step(net, obs[:batch], bf16(net),
+                                                           fused=True)},
                              rounds, 3))
             for batch in (32, 8):
                 plain = torch.no_grad()(lambda net=net, x=obs[:batch]: net(x))

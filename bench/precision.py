@@ -1,6 +1,6 @@
 """Learning under `precision: bf16` against fp32: the same runs, side by side, returns with CIs.
 
-    .venv/bin/python bench/precision.py                       # both runs below, 3 seeds (~30 min)
+    .venv/bin/python bench/precision.py                       # both runs below, 3 seeds (~37 min)
     .venv/bin/python bench/precision.py --runs minigrid --seeds 5
     .venv/bin/python bench/precision.py --breakout-steps 50000 --jobs 1
 

@@ -159,3 +159,16 @@ def test_the_learning_bench_writes_both_precisions_and_judges_overlap(tmp_path, 
     out = capsys.readouterr().out
     assert "AUC: the CIs DO NOT overlap" in out and "final: the CIs overlap" in out
     assert "1/2 scores with overlapping CIs" in out
+
+
+def test_bf16_on_a_gpu_without_it_is_a_config_error(monkeypatch):
+    from agents.runtime import trainer
+
+    cpu_zeros = torch.zeros
+    monkeypatch.setattr(torch, "zeros", lambda *a, device=None, **k: cpu_zeros(*a, **k))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100")
+    assert trainer.usable_device("cuda", "fp32").type == "cuda"
+    with pytest.raises(ConfigError, match="precision: bf16 needs a GPU that computes in bf16 "
+                       r"\(Ampere or later\); Tesla V100 does not: use precision=fp32"):
+        trainer.usable_device("cuda", "bf16")

@@ -37,15 +37,20 @@ def segment_seed(seed: int, segment_index: int) -> int:
     return derive_seed(seed, segment_index)
 
 
-def usable_device(name: str) -> torch.device:
-    """`name` as a torch device this machine can compute on; otherwise (an unknown device type,
-    CUDA on a machine without it, an index past the last GPU) one line with torch's message."""
+def usable_device(name: str, precision: str = "fp32") -> torch.device:
+    """`name` as a torch device this machine can compute on at `precision`; otherwise (an
+    unknown device type, CUDA on a machine without it, an index past the last GPU, bf16 on a GPU
+    without it) one line with the reason."""
     try:
         device = torch.device(name)
         torch.zeros(1, device=device).cpu()  # allocates and copies back: the device really works
     except Exception as exc:
         raise ConfigError(f"device: '{name}' cannot be used on this machine: "
                           f"{library_message(exc)}") from None
+    if (precision == "bf16" and device.type == "cuda"
+            and not torch.cuda.is_bf16_supported(including_emulation=False)):
+        raise ConfigError(f"precision: bf16 needs a GPU that computes in bf16 (Ampere or later); "
+                          f"{torch.cuda.get_device_name(device)} does not: use precision=fp32")
     return device
 
 
@@ -58,7 +63,7 @@ class Trainer:
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         seed_everything(cfg.seed)
-        self.device = usable_device(cfg.device)
+        self.device = usable_device(cfg.device, cfg.precision)
         self.sequence = TaskSequence.from_config(cfg.sequence, cfg.seed)
         self.env_factory = EnvFactory(cfg.env, self.sequence)
         self.strategies = build_strategies(cfg.plasticity)
