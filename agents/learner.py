@@ -33,6 +33,14 @@ def as_fp32(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: t.float() if t.is_floating_point() else t for name, t in tensors.items()}
 
 
+def mixed_precision_forward(network: Network, obs: torch.Tensor, dtype: torch.dtype):
+    """network(obs, return_features=True) under autocast to `dtype`; outputs and features handed
+    back in fp32, so whatever the caller computes from them (loss, penalties) is fp32."""
+    with torch.autocast(obs.device.type, dtype=dtype):
+        outputs, features = network(obs, return_features=True)
+    return as_fp32(outputs), as_fp32(features)
+
+
 class Learner:
     def __init__(self, spec: NetworkSpec, strategies: StrategyStack, ctx_kwargs: dict,
                  learning_rate: float, adam_eps: float, max_grad_norm: Optional[float],
@@ -58,9 +66,7 @@ class Learner:
     def _forward(self, obs: torch.Tensor):
         if self.autocast_dtype is None:
             return self.network(obs, return_features=True)
-        with self.autocast():
-            outputs, features = self.network(obs, return_features=True)
-        return as_fp32(outputs), as_fp32(features)
+        return mixed_precision_forward(self.network, obs, self.autocast_dtype)
 
     def autocast(self):
         """The mixed-precision context of the gradient steps' forward passes (bf16), or none."""

@@ -264,15 +264,13 @@ def replay(rounds: int) -> None:
 
 
 def precision(rounds: int) -> None:
-    from agents.learner import as_fp32
+    from functools import partial
+
+    from agents.learner import mixed_precision_forward
 
     def bf16(net):
         """The learner's forward under precision: bf16 (agents/learner.py)."""
-        def forward(x):
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                outputs, features = net(x, return_features=True)
-            return as_fp32(outputs), as_fp32(features)
-        return forward
+        return partial(mixed_precision_forward, net, dtype=torch.bfloat16)
 
     threads = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count())  # as Atari configs train (torch_threads: 0)

@@ -37,6 +37,7 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from agents.errors import ConfigError  # noqa: E402
 from agents.runtime.config import load_config  # noqa: E402
 from analysis.study.aggregate import bootstrap_interval, task_scores  # noqa: E402
 from analysis.study.results import read_run  # noqa: E402
@@ -98,8 +99,8 @@ def main() -> None:
         try:
             configs = {(name, p): write_config(name, p, args, out)
                        for name in args.runs for p in PRECISIONS}
-        except Exception as exc:  # a bad --set: the config loader's one line
-            fail(str(exc).splitlines()[0])
+        except ConfigError as exc:  # a bad --set: the config loader's one line
+            fail(str(exc))
         print(f"{', '.join(args.runs)} at {' and '.join(PRECISIONS)}, seeds 1..{args.seeds}, "
               f"{args.jobs} at a time; runs in {out}", flush=True)
         done: dict[tuple[str, str], dict[int, dict]] = {key: {} for key in configs}

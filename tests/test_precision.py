@@ -76,9 +76,8 @@ def test_bf16_runs_the_forward_convolutions_and_linears_in_bf16(tiny_cfg):
     def record(module, inputs, output):
         seen[module] = output.dtype
 
-    hooks = [module.register_forward_hook(record)
-        for module in trainer.agent.network.modules()
-        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear))]
+    hooks = [module.register_forward_hook(record) for module in trainer.agent.network.modules()
+             if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear))]
     batch = batch_of(trainer)
     assert set(seen.values()) == {torch.float32}  # acting: fp32
     seen.clear()
