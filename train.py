@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from agents.runtime.openmp import spin_briefly
+from agents.runtime.process import set_process_defaults
 
 TRAIN_EPILOG = """\
 CONFIG is a YAML file, or the name of one in configs/ (default: configs/minigrid_ppo.yaml).
@@ -122,7 +122,7 @@ COMMANDS = {"train": train, "strategies": strategies, "bench": bench, "report": 
 
 def cli(argv: list[str] | None = None) -> int:
     """Entry point of the `pliable` console script."""
-    spin_briefly()
+    set_process_defaults()
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print("usage: pliable {" + ",".join(COMMANDS) + "} ...\n\n"
@@ -151,7 +151,7 @@ def guarded(command, argv: list[str]) -> int:
 
 
 def main() -> None:
-    spin_briefly()
+    set_process_defaults()
     sys.exit(guarded(train, sys.argv[1:]))
 
 

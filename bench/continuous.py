@@ -28,9 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agents.runtime.openmp import spin_briefly  # noqa: E402
+from agents.runtime.process import set_process_defaults  # noqa: E402
 
-spin_briefly()  # our GOMP_SPINCOUNT default, before torch loads
+set_process_defaults()  # as in training: before torch loads
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

@@ -9,7 +9,9 @@ forward/backward), `adam` (Adam's per-tensor, foreach and fused kernels), `infer
 under inference_mode vs no_grad), `acting` (PPO's per-step costs on MiniGrid: native convolutions
 for a few tiny images, the categorical draw, GAE in numpy, log-probabilities without building a
 distribution), `threads` (torch threads and libgomp's waiting for updates and
-for acting: each setting in its own process, as libgomp reads it once), `envs` (ale-py's
+for acting: each setting in its own process, as libgomp reads it once), `allocator` (glibc
+malloc's default against the freed-memory thresholds training sets, in child processes too),
+`envs` (ale-py's
 AtariVectorEnv vs gymnasium wrappers in a SyncVectorEnv), `replay` (sampling a batch from the
 replay buffer vs the update that uses it), `precision` (`precision: bf16`'s autocast forward
 against fp32, for a gradient step (fused Adam, as training) and a graph-free pass, with every
@@ -43,6 +45,7 @@ from agents.networks import (  # noqa: E402
     NetworkConfig,  # noqa: E402
     make_spec,
 )
+from agents.runtime.process import MALLOC_ENV  # noqa: E402
 from bench.timing import NETS, compare, net_layout, step_loss  # noqa: E402
 from envs.config import EnvConfig  # noqa: E402
 
@@ -183,36 +186,53 @@ def acting(rounds: int) -> None:
                   "log_prob_and_entropy (one log_softmax)": by_log_softmax}, rounds, 100))
 
 
-def threads_probe() -> None:
+def child_probe() -> None:
     """In a child process: seconds per Nature CNN step (256), DQN-sized step (32), MiniGrid step
-    (256), and Nature CNN acting (8), with the process's torch threads and wait policy."""
+    (256), Nature CNN acting (8) and a minibatch's input conversion (256 uint8 frames to scaled
+    NHWC floats), with the process's torch threads, wait policy and malloc settings."""
     nature, obs = network("Nature CNN")
     minigrid, grid_obs = network("MiniGrid CNN")
     act = torch.no_grad()(lambda: nature(obs[:8]))
     variants = {"Nature step 256": update_step(nature, obs),
                 "Nature step 32": update_step(nature, obs[:32]),
-                "MiniGrid step 256": update_step(minigrid, grid_obs), "Nature act 8": act}
+                "MiniGrid step 256": update_step(minigrid, grid_obs), "Nature act 8": act,
+                "input conversion 256": lambda: nature._prepare(obs)}
     print(repr(compare(variants, 3, 3)))
 
 
+def in_children(settings: dict[str, dict[str, str]], rounds: int, drop: tuple[str, ...]) -> None:
+    """child_probe under each setting's environment (the shell's, less `drop`, plus the
+    setting's), settings alternating round after round; one table per probed task."""
+    results = {name: [] for name in settings}
+    for _ in range(max(1, rounds // 3)):
+        for name, extra in settings.items():
+            env = {k: v for k, v in SHELL_ENV.items() if k not in drop} | extra
+            out = subprocess.run([sys.executable, __file__, "--child-probe"], env=env,
+                                 capture_output=True, text=True, check=True).stdout
+            results[name].append(ast.literal_eval(out.strip().splitlines()[-1]))
+    for task in next(iter(results.values()))[0]:
+        show(f"{task}", {name: statistics.median(r[task] for r in runs)
+                         for name, runs in results.items()})
+
+
 def threads(rounds: int) -> None:
-    waiting = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
     settings = {"1 thread": {"OMP_NUM_THREADS": "1"},
                 "2 threads, libgomp's default (spin 300k)": {"OMP_NUM_THREADS": "2"},
                 "2 threads, OMP_WAIT_POLICY=PASSIVE": {"OMP_NUM_THREADS": "2",
                                                        "OMP_WAIT_POLICY": "PASSIVE"},
                 "2 threads, GOMP_SPINCOUNT=1000 (ours)": {"OMP_NUM_THREADS": "2",
                                                           "GOMP_SPINCOUNT": "1000"}}
-    results = {name: [] for name in settings}
-    for _ in range(max(1, rounds // 3)):
-        for name, extra in settings.items():
-            env = {k: v for k, v in SHELL_ENV.items() if k not in waiting} | extra
-            out = subprocess.run([sys.executable, __file__, "--threads-probe"], env=env,
-                                 capture_output=True, text=True, check=True).stdout
-            results[name].append(ast.literal_eval(out.strip().splitlines()[-1]))
-    for task in results["1 thread"][0]:
-        show(f"threads, {task}", {name: statistics.median(r[task] for r in runs)
-                                  for name, runs in results.items()})
+    print("\nthreads: each setting in its own process")
+    in_children(settings, rounds, drop=("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"))
+
+
+def allocator(rounds: int) -> None:
+    """glibc malloc's default against the thresholds training sets (agents/runtime/process.py),
+    all cores' threads and our spin count, as an Atari run has them."""
+    ours = {"GOMP_SPINCOUNT": "1000"}
+    settings = {"glibc malloc's default": ours, "ours (freed memory kept)": ours | MALLOC_ENV}
+    print("\nallocator: each setting in its own process")
+    in_children(settings, rounds, drop=("OMP_NUM_THREADS", "GLIBC_TUNABLES", *MALLOC_ENV))
 
 
 def envs(rounds: int) -> None:
@@ -294,18 +314,18 @@ def precision(rounds: int) -> None:
 
 
 SECTIONS = {"layout": layout, "compile": compile_section, "adam": adam, "inference": inference,
-            "acting": acting, "threads": threads, "envs": envs, "replay": replay,
-            "precision": precision}
+            "acting": acting, "threads": threads, "allocator": allocator, "envs": envs,
+            "replay": replay, "precision": precision}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sections", nargs="*", help=f"any of {', '.join(SECTIONS)} (default all)")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--threads-probe", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child-probe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.threads_probe:
-        threads_probe()
+    if args.child_probe:
+        child_probe()
         return
     unknown = set(args.sections) - set(SECTIONS)
     if unknown:

@@ -25,9 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agents.runtime.openmp import spin_briefly  # noqa: E402
+from agents.runtime.process import set_process_defaults  # noqa: E402
 
-spin_briefly()  # before torch loads, as in training
+set_process_defaults()  # as in training: before torch loads
 from agents.runtime.config import load_config  # noqa: E402
 from agents.runtime.launch import run_training  # noqa: E402
 from bench.throughput import training_chunk  # noqa: E402

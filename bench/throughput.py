@@ -239,9 +239,9 @@ def worker(side: str) -> None:
     if is_baseline(side):
         import torch  # noqa: F401  (libgomp loads with the shell's settings, as CleanRL's)
     else:
-        from agents.runtime.openmp import spin_briefly
+        from agents.runtime.process import set_process_defaults
 
-        spin_briefly()  # our GOMP_SPINCOUNT default, set before torch loads
+        set_process_defaults()  # as in training: before torch loads
     with tempfile.TemporaryDirectory() as run_dir:
         chunk, notes = build_side(side, run_dir)
         print("ready", repr(notes), flush=True)

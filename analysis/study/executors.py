@@ -25,12 +25,7 @@ from multiprocessing.connection import wait
 from typing import Any
 
 from agents.errors import ConfigError
-
-
-def worker_env() -> dict[str, str]:
-    """What a run's process needs in its environment before torch loads: OpenMP's spin policy
-    (agents/runtime/openmp.py)."""
-    return {"GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT", "1000")}
+from agents.runtime.process import worker_env
 
 
 def resource_error(cpus: float, gpus: float, have_cpus: float, have_gpus: float) -> ConfigError:
