@@ -12,7 +12,8 @@ distribution), `threads` (torch threads and libgomp's waiting for updates and
 for acting: each setting in its own process, as libgomp reads it once), `allocator` (glibc
 malloc's default against the freed-memory thresholds training sets, in child processes too),
 `envs` (ale-py's
-AtariVectorEnv vs gymnasium wrappers in a SyncVectorEnv), `replay` (sampling a batch from the
+AtariVectorEnv vs gymnasium wrappers in a SyncVectorEnv, over our screenless AtariEnv or the
+stock one), `replay` (sampling a batch from the
 replay buffer vs the update that uses it), `precision` (`precision: bf16`'s autocast forward
 against fp32, for a gradient step (fused Adam, as training) and a graph-free pass, with every
 core's threads as Atari runs use them). Variants alternate within a round, so load from other
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import os
 import statistics
 import subprocess
@@ -235,6 +237,30 @@ def allocator(rounds: int) -> None:
     in_children(settings, rounds, drop=("OMP_NUM_THREADS", "GLIBC_TUNABLES", *MALLOC_ENV))
 
 
+def stock_atari_pipeline(task, env_cfg, obs_type: str):
+    """The gymnasium backend's 8 envs with ale-py's stock AtariEnv under the wrappers, its
+    observations of `obs_type`, instead of envs.atari.ScreenlessAtariEnv."""
+    from ale_py.env import AtariEnv
+
+    from envs import atari
+
+    make = gym.make
+
+    def stock_make(spec, **kwargs):
+        stock = dataclasses.replace(spec, entry_point=AtariEnv)
+        return make(stock, **kwargs | {"obs_type": obs_type})
+    gym.make = stock_make
+    try:
+        env_cfg.backend = "gymnasium"
+        vec = atari.make_vector(task, env_cfg, 8, False)
+    finally:
+        gym.make = make
+    inner = vec.envs[0].unwrapped
+    assert type(inner) is AtariEnv and inner._obs_type == obs_type, (
+        "the patch of gym.make did not reach the ALE env: the variant would time ours twice")
+    return vec
+
+
 def envs(rounds: int) -> None:
     from envs import atari
     from envs.tasks import TaskSpec
@@ -247,21 +273,14 @@ def envs(rounds: int) -> None:
         vec = atari.make_vector(task, env_cfg, 8, False)
         vec.reset(seed=0)
         variants[backend] = (lambda vec=vec: vec.step(rng.integers(0, 4, 8)))
-    # The gymnasium pipeline as it was: the ALE env's own observation in RGB, grabbed every frame
-    # and thrown away (AtariPreprocessing reads its screens from the ALE itself).
-    make = gym.make
-    gym.make = lambda *args, **kwargs: make(*args, **(kwargs | {"obs_type": "rgb"}))
-    try:
-        env_cfg.backend = "gymnasium"
-        vec = atari.make_vector(task, env_cfg, 8, False)
-    finally:
-        gym.make = make
-    shape = vec.envs[0].unwrapped.observation_space.shape
-    assert shape[-1] == 3, (f"the obs_type='rgb' patch of gym.make did not reach the ALE env "
-                            f"(its observations are {shape}, not RGB): the variant would time the "
-                            "grey pipeline twice")
-    vec.reset(seed=0)
-    variants["gymnasium, RGB frames from the env"] = lambda: vec.step(rng.integers(0, 4, 8))
+    # The gymnasium pipeline as it was: ale-py's own AtariEnv, whose observation (grey, or RGB
+    # before that) is grabbed every frame and thrown away (AtariPreprocessing reads its screens
+    # from the ALE itself).
+    for obs_type in ("grayscale", "rgb"):
+        vec = stock_atari_pipeline(task, env_cfg, obs_type)
+        vec.reset(seed=0)
+        variants[f"gymnasium, {obs_type} frames from the env"] = (
+            lambda vec=vec: vec.step(rng.integers(0, 4, 8)))
     medians = compare(variants, rounds, 50)
     show("Atari env steps/s, Breakout, 8 envs (env only, random actions)",
          {name: 8 / seconds for name, seconds in medians.items()}, unit="env steps/s")

@@ -1,9 +1,12 @@
 """Speed never changes results: every fast path against the plain one it replaces."""
 
+import dataclasses
+
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from ale_py.env import AtariEnv
 from omegaconf import OmegaConf
 
 from agents.adam import adam_factory
@@ -43,6 +46,34 @@ def test_ale_vector_env_gives_the_gymnasium_pipelines_frames(game, min_episodes)
     assert episodes >= min_episodes  # Breakout: autoresets were compared too
     fast.close()
     plain.close()
+
+
+def test_screenless_atari_env_gives_the_stock_envs_frames(monkeypatch):
+    """The gymnasium pipeline over ScreenlessAtariEnv against the same wrappers over ale-py's
+    AtariEnv, in a game mode, with sticky actions and no-op starts (seeded): the same frames,
+    rewards and ends, while the inner env's own observation is blank."""
+    env_cfg = OmegaConf.merge(OmegaConf.structured(EnvConfig), {"backend": "gymnasium"})
+    task = TaskSpec("ALE/Breakout-v5", kwargs={"mode": 4})
+    ours = atari.make_single(task, env_cfg, False)
+    make = gym.make
+    monkeypatch.setattr(gym, "make", lambda spec, **kwargs: make(
+        dataclasses.replace(spec, entry_point=AtariEnv), **kwargs))
+    stock = atari.make_single(task, env_cfg, False)
+    assert type(ours.unwrapped) is atari.ScreenlessAtariEnv and type(stock.unwrapped) is AtariEnv
+    assert ours.spec.id == stock.spec.id and ours.unwrapped._game_mode == 4
+    np.testing.assert_array_equal(ours.reset(seed=3)[0], stock.reset(seed=3)[0])
+    rng, ends, screens = np.random.default_rng(0), 0, set()
+    for _ in range(600):
+        action = int(rng.integers(0, ours.action_space.n))
+        got, want = ours.step(action), stock.step(action)
+        for a, b in zip(got[:4], want[:4]):
+            np.testing.assert_array_equal(a, b)
+        screens.add(got[0].tobytes())
+        if got[2] or got[3]:
+            ends += 1
+            np.testing.assert_array_equal(ours.reset()[0], stock.reset()[0])
+    assert ends >= 1 and len(screens) > 100  # episodes ended, and the frames moved
+    assert not ours.unwrapped.step(0)[0].any() and stock.unwrapped.step(0)[0].any()
 
 
 FRAMES = ((4, 84, 84), 255, atari.LAYOUT)  # shape, highest value, observation layout
