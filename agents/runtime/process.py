@@ -27,11 +27,11 @@ def keep_freed_memory() -> bool:
     """glibc serves each block above its mmap threshold (128 KB, rising to at most 32 MB as such
     blocks are freed) with a fresh mmap and unmaps it when freed, and hands a freed heap top
     back to the OS: every batch's tensors then fault in their pages anew, which on a virtual
-    machine cost more than the copies themselves (a minibatch's 29 MB float frames: 19 vs 5 ms
-    to convert, bench/levers.py allocator). Raising both thresholds keeps freed memory for the
-    next batch, as the caching allocators of jemalloc and CUDA do; the price is a resident size
-    that stays at its peak. Works at any time (it applies to later allocations); False where
-    this is not glibc (macOS, musl) or the user set glibc's malloc tunables themselves."""
+    machine cost more than the copies themselves (a minibatch's 29 MB float frames: 13.9 vs
+    6.9 ms to convert, bench/levers.py allocator). Raising both thresholds keeps freed memory
+    for the next batch, as the caching allocators of jemalloc and CUDA do; the price is a
+    resident size that stays at its peak. Works at any time (it applies to later allocations);
+    False where this is not glibc (macOS, musl) or the user set glibc's malloc tunables."""
     if set(MALLOC_ENV) & set(os.environ) or "malloc" in os.environ.get("GLIBC_TUNABLES", ""):
         return False
     try:
