@@ -47,7 +47,7 @@ from agents.networks import (  # noqa: E402
     NetworkConfig,  # noqa: E402
     make_spec,
 )
-from agents.runtime.process import MALLOC_ENV  # noqa: E402
+from agents.runtime.process import MALLOC_ENV, SPIN_COUNT  # noqa: E402
 from bench.timing import NETS, compare, net_layout, step_loss  # noqa: E402
 from envs.config import EnvConfig  # noqa: E402
 
@@ -223,7 +223,7 @@ def threads(rounds: int) -> None:
                 "2 threads, OMP_WAIT_POLICY=PASSIVE": {"OMP_NUM_THREADS": "2",
                                                        "OMP_WAIT_POLICY": "PASSIVE"},
                 "2 threads, GOMP_SPINCOUNT=1000 (ours)": {"OMP_NUM_THREADS": "2",
-                                                          "GOMP_SPINCOUNT": "1000"}}
+                                                          "GOMP_SPINCOUNT": SPIN_COUNT}}
     print("\nthreads: each setting in its own process")
     in_children(settings, rounds, drop=("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"))
 
@@ -231,7 +231,7 @@ def threads(rounds: int) -> None:
 def allocator(rounds: int) -> None:
     """glibc malloc's default against the thresholds training sets (agents/runtime/process.py),
     all cores' threads and our spin count, as an Atari run has them."""
-    ours = {"GOMP_SPINCOUNT": "1000"}
+    ours = {"GOMP_SPINCOUNT": SPIN_COUNT}
     settings = {"glibc malloc's default": ours, "ours (freed memory kept)": ours | MALLOC_ENV}
     print("\nallocator: each setting in its own process")
     in_children(settings, rounds, drop=("OMP_NUM_THREADS", "GLIBC_TUNABLES", *MALLOC_ENV))

@@ -1,5 +1,5 @@
 """Process-wide settings that a process which trains makes where it starts (train.py's entry
-points, the bench scripts; a study's workers get them in their environment, `WORKER_ENV`):
+points, the bench scripts; a study's workers get them in their environment, `worker_env()`):
 OpenMP's idle-thread policy, which libgomp reads once when torch loads, and glibc malloc's
 policy for freed memory. A user's own setting of either wins."""
 
@@ -8,6 +8,7 @@ import os
 
 # glibc's mallopt parameters (malloc.h) and our values: blocks up to 256 MB come from the heap,
 # and up to 2 GB of freed heap stays mapped for the next allocation.
+SPIN_COUNT = "1000"  # libgomp's rounds of spinning before an idle thread sleeps
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD, TRIM_THRESHOLD = 256 << 20, 2**31 - 1
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD),
@@ -20,7 +21,7 @@ def spin_briefly() -> None:
     machine need; OMP_WAIT_POLICY=PASSIVE (no spinning) fixes that but slows small ops on a quiet
     machine. 1k rounds did best on both (bench/levers.py threads; docs/performance.md). Call it
     before the first `import torch`."""
-    os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+    os.environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
 
 
 def keep_freed_memory() -> bool:
@@ -52,5 +53,5 @@ def worker_env() -> dict[str, str]:
     """What a run's process needs in its environment before it starts (a study's workers): the
     same settings, the driver's own where it has them."""
     own_malloc = "malloc" in os.environ.get("GLIBC_TUNABLES", "")  # GLIBC_TUNABLES travels
-    env = {"GOMP_SPINCOUNT": "1000", **({} if own_malloc else MALLOC_ENV)}
+    env = {"GOMP_SPINCOUNT": SPIN_COUNT, **({} if own_malloc else MALLOC_ENV)}
     return {key: os.environ.get(key, value) for key, value in env.items()}
