@@ -17,6 +17,7 @@ vector step), ε-greedy draws per env, and every gradient step goes through `Lea
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections import Counter
@@ -279,11 +280,15 @@ class DQN(Agent):
         self.last_batch = None if batch is None else ReplayBatch(**batch)
 
     # -- learning ----------------------------------------------------------------------------
-    def make_batch(self, sample: dict[str, torch.Tensor]) -> ReplayBatch:
-        """A replay sample with its TD targets computed now, without a graph."""
+    def make_batch(self, sample: dict[str, torch.Tensor], training: bool = False) -> ReplayBatch:
+        """A replay sample with its TD targets computed now, without a graph: in fp32, or with
+        training=True in the gradient steps' precision (the target network as `Learner.frozen`
+        gives it: under bf16 a copy cast once per target update, not at every pass)."""
         online = self.network if self.cfg.double_dqn else None
-        targets = td_targets(sample["returns"], sample["discounts"], sample["bootstrap_obs"],
-                             self.target_network, online)
+        target = self.learner.frozen(self.target_network) if training else self.target_network
+        with self.learner.autocast() if training else contextlib.nullcontext():
+            targets = td_targets(sample["returns"], sample["discounts"], sample["bootstrap_obs"],
+                                 target, online)
         return ReplayBatch(sample["obs"], sample["actions"], targets)
 
     def loss(self, batch: ReplayBatch, forward):
@@ -307,8 +312,7 @@ class DQN(Agent):
         totals = Counter()  # update() sums values, tensors included
         for _ in range(self.updates_per_train_step):
             sample = self.buffer.sample(self.cfg.batch_size, self.replay_rng)
-            with self.learner.autocast():  # the target network's pass in bf16 too, if asked
-                batch = self.make_batch(sample)
+            batch = self.make_batch(sample, training=True)  # the target pass in bf16 too, if asked
             loss, stats, outputs, features = self.loss(batch, forward)
             stats.update(self.learner.optimize(
                 StepContext(self.ctx, batch.obs, loss, features,

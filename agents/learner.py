@@ -13,6 +13,7 @@ strategies' own probes call the network directly, in fp32.
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Optional
 
 import torch
@@ -41,6 +42,41 @@ def mixed_precision_forward(network: Network, obs: torch.Tensor, dtype: torch.dt
     return as_fp32(outputs), as_fp32(features)
 
 
+class TensorsKey:
+    """Which tensors a module holds and how often each was written. torch bumps a tensor's
+    `_version` at every in-place write (copy_, lerp_, load_state_dict), and a replaced parameter
+    or buffer (a strategy restructuring a head) is another object, so any change to the module's
+    weights makes a new key unequal to an old one."""
+
+    def __init__(self, module: nn.Module):
+        self.tensors = [*module.parameters(), *module.buffers()]
+        self.versions = [t._version for t in self.tensors]
+
+    def __eq__(self, other) -> bool:
+        return (isinstance(other, TensorsKey) and len(self.tensors) == len(other.tensors)
+                and all(a is b for a, b in zip(self.tensors, other.tensors))
+                and self.versions == other.versions)
+
+
+class CastCopy:
+    """A graph-free module's copy with its floating tensors in `dtype`, remade only when the
+    module's tensors change (TensorsKey). Under autocast its passes give the module's own
+    results bitwise (autocast rounds each weight to `dtype` the same way), without rounding
+    every weight again at every pass: autocast caches its casts only for weights that require
+    grad, and only within one autocast region. For DQN's target network, written once every
+    target update and read by every gradient step in between."""
+
+    def __init__(self, dtype: torch.dtype):
+        self.dtype, self.key, self.copy = dtype, None, None
+
+    def __call__(self, module: nn.Module) -> nn.Module:
+        key = TensorsKey(module)
+        if key != self.key:
+            self.copy = copy.deepcopy(module).to(self.dtype).requires_grad_(False)
+            self.key = key
+        return self.copy
+
+
 class Learner:
     def __init__(self, spec: NetworkSpec, strategies: StrategyStack, ctx_kwargs: dict,
                  learning_rate: float, adam_eps: float, max_grad_norm: Optional[float],
@@ -48,6 +84,7 @@ class Learner:
                  precision: str = "fp32"):
         self.strategies = strategies
         self.autocast_dtype = AUTOCAST_DTYPES[precision]
+        self._cast_copy = CastCopy(self.autocast_dtype) if self.autocast_dtype else None
         strategies.configure_network(spec)
         self.network = Network(spec).to(device)
         # The forward pass (and so the backward) of every gradient step, torch.compile'd on
@@ -73,6 +110,11 @@ class Learner:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.ctx.device.type, dtype=self.autocast_dtype)
+
+    def frozen(self, module: nn.Module) -> nn.Module:
+        """A graph-free module (a target network) as the gradient steps should call it under
+        `autocast()`: itself in fp32, its cached low-precision copy in bf16 (CastCopy)."""
+        return module if self._cast_copy is None else self._cast_copy(module)
 
     def setup(self) -> None:
         """Call once the agent has filled in the rest of the context (targets, samplers)."""

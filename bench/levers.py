@@ -11,13 +11,14 @@ for a few tiny images, the categorical draw, GAE in numpy, log-probabilities wit
 distribution), `threads` (torch threads and libgomp's waiting for updates and
 for acting: each setting in its own process, as libgomp reads it once), `allocator` (glibc
 malloc's default against the freed-memory thresholds training sets, in child processes too),
-`envs` (ale-py's
-AtariVectorEnv vs gymnasium wrappers in a SyncVectorEnv, over our screenless AtariEnv or the
-stock one), `replay` (sampling a batch from the
-replay buffer vs the update that uses it), `precision` (`precision: bf16`'s autocast forward
-against fp32, for a gradient step (fused Adam, as training) and a graph-free pass, with every
-core's threads as Atari runs use them). Variants alternate within a round, so load from other
-users falls on all alike; medians over rounds.
+`envs` (ale-py's AtariVectorEnv vs gymnasium wrappers in a SyncVectorEnv, over our screenless
+AtariEnv or the stock one), `replay` (sampling a batch from the replay buffer vs the update that
+uses it), `precision` (`precision: bf16`'s autocast forward against fp32, for a gradient step
+(fused Adam, as training) and a graph-free pass, with every core's threads as Atari runs use
+them), `targets` (DQN's TD-target passes for the two updates of a vector step: bf16 autocast over
+the fp32 weights vs the cached bf16 copy training uses, and one pass over both batches, not
+kept). Variants alternate within a round, so load from other users falls on all alike; medians
+over rounds.
 One torch thread unless a section says otherwise.
 """
 
@@ -332,9 +333,46 @@ def precision(rounds: int) -> None:
         torch.set_num_threads(threads)
 
 
+def targets(rounds: int) -> None:
+    """DQN's TD-target passes for the two updates a vector step of 8 envs runs (train_frequency
+    4), a pass per update as training does; under bf16, autocast over the fp32 weights against
+    the cached bf16 copy (agents/learner.py's CastCopy, what training uses). One pass of 64 over
+    both batches was tried and is not kept: ×0.75–0.96 of two passes of 32 (bigger activations
+    than the caches hold)."""
+    from agents.learner import CastCopy
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count())  # as Atari configs train (torch_threads: 0)
+    try:
+        net, obs = network("Nature CNN")
+        net.requires_grad_(False)
+        halves, both = (obs[:32], obs[32:64]), obs[:64]
+        cast_copy = CastCopy(torch.bfloat16)
+
+        def passes(model, batches, dtype=None):
+            def run():
+                with torch.no_grad(), torch.autocast("cpu", dtype=dtype or torch.bfloat16,
+                                                     enabled=dtype is not None):
+                    for batch in batches:
+                        model()(batch)
+            return run
+        show(f"DQN targets, Nature CNN, 2 updates of 32 ({torch.get_num_threads()} threads)",
+             compare({"fp32, a pass per update": passes(lambda: net, halves),
+                      "fp32, one pass of 64": passes(lambda: net, [both]),
+                      "bf16 autocast, a pass per update": passes(lambda: net, halves,
+                                                                 torch.bfloat16),
+                      "bf16 cast copy, a pass per update": passes(lambda: cast_copy(net), halves,
+                                                                  torch.bfloat16),
+                      "bf16 cast copy, one pass of 64": passes(lambda: cast_copy(net), [both],
+                                                               torch.bfloat16)},
+                     rounds, 20))
+    finally:
+        torch.set_num_threads(threads)
+
+
 SECTIONS = {"layout": layout, "compile": compile_section, "adam": adam, "inference": inference,
             "acting": acting, "threads": threads, "allocator": allocator, "envs": envs,
-            "replay": replay, "precision": precision}
+            "replay": replay, "precision": precision, "targets": targets}
 
 
 def main() -> None:

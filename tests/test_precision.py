@@ -9,6 +9,7 @@ from training import run
 
 from agents.catalogue import AGENTS
 from agents.context import StepContext
+from agents.dqn import td_targets
 from agents.errors import ConfigError
 from agents.runtime.config import load_config
 from agents.runtime.trainer import Trainer
@@ -85,6 +86,40 @@ def test_bf16_runs_the_forward_convolutions_and_linears_in_bf16(tiny_cfg):
     for hook in hooks:
         hook.remove()
     assert seen and set(seen.values()) == {torch.bfloat16}
+
+
+def test_the_target_pass_in_bf16_uses_a_cast_copy_that_follows_the_target_network(tiny_cfg):
+    """DQN's training targets under bf16 come from a bf16 copy of the target network, cast once
+    per change of its weights: bitwise what autocast gives on the fp32 network itself."""
+    trainer = Trainer(tiny_cfg("precision=bf16", "dqn.learning_starts=1000", path="tiny_dqn.yaml"))
+    agent = trainer.agent
+    envs = trainer.env_factory.make_vector(trainer.sequence.segment(0).task)
+    agent.begin_task(envs, seed=0)
+    agent.train_iteration(envs, 128, torch.Generator().manual_seed(0))  # fills, no update
+    envs.close()
+    samples = [agent.buffer.sample(32, np.random.default_rng(seed)) for seed in (1, 2)]
+
+    def through_autocast(sample):
+        with agent.learner.autocast():
+            return td_targets(sample["returns"], sample["discounts"], sample["bootstrap_obs"],
+                              agent.target_network)
+
+    first = [agent.make_batch(sample, training=True) for sample in samples]
+    copy = agent.learner.frozen(agent.target_network)
+    assert {p.dtype for p in copy.parameters()} == {torch.bfloat16}
+    for sample, batch in zip(samples, first):
+        assert torch.equal(batch.targets, through_autocast(sample))
+    assert agent.learner.frozen(agent.target_network) is copy  # unchanged: not cast again
+    with torch.no_grad():
+        for p in agent.network.parameters():
+            p.add_(0.1)
+    agent._update_target(tau=0.5)  # written in place: the copy must follow
+    assert agent.learner.frozen(agent.target_network) is not copy
+    second = [agent.make_batch(sample, training=True) for sample in samples]
+    for sample, before, after in zip(samples, first, second):
+        assert torch.equal(after.targets, through_autocast(sample))
+        assert not torch.equal(after.targets, before.targets)
+    assert {p.dtype for p in agent.target_network.parameters()} == {torch.float32}
 
 
 @pytest.mark.parametrize("strategy", ["er_l2", "sam", "isometry", "c_chain", "redo"])
