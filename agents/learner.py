@@ -6,8 +6,9 @@ the gradient computation (`Strategy.gradient`: SAM takes it at a perturbed point
 
 `precision: bf16` is mixed precision on this path alone: the gradient steps' forward runs under
 autocast and hands back fp32 outputs and features, so the loss, every strategy penalty, the
-gradients, Adam's state and the weights stay fp32. Acting, the spectral monitor and the
-strategies' own probes call the network directly, in fp32.
+gradients, Adam's state and the weights stay fp32; a graph-free network the gradient steps read
+(DQN's target network) passes through `frozen`, a bf16 copy cast once per change of its weights.
+Acting, the spectral monitor and the strategies' own probes call the network directly, in fp32.
 """
 
 from __future__ import annotations

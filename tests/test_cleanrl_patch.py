@@ -211,3 +211,16 @@ def test_the_sides_and_what_is_read_from_their_output():
     assert throughput.last_progress_sps(
         "step      1,024/2,048 ( 50%) | SPS    232 | task 1/1 x | return 0 (last 2 ep)\n"
         "step      2,048/2,048 (100%) | SPS  1,285 | task 1/1 x | return 1 (last 9 ep)\n") == 1285
+
+
+@pytest.mark.parametrize("ratios,expected", [
+    ([1.6, 1.52], "met"), ([1.4, 1.49], "MISSED"),
+    ([1.7, 1.4], "undecided, the median met"), ([1.3, 1.4, 1.6], "undecided, the median missed")])
+def test_a_target_is_met_or_missed_only_when_every_round_agrees(ratios, expected):
+    assert throughput.verdict(ratios, 1.5) == expected
+
+
+def test_rounds_run_the_sides_in_turn_forwards_then_backwards():
+    sides = ["baseline", "ours", "ours_bf16"]
+    assert [throughput.in_round_order(sides, r) for r in range(3)] == [
+        sides, sides[::-1], sides]
