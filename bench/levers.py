@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import dataclasses
 import os
 import statistics
@@ -303,6 +304,17 @@ def replay(rounds: int) -> None:
                   "replay sample (32, vectorised)": lambda: buffer.sample(32, rng)}, rounds, 5))
 
 
+@contextlib.contextmanager
+def all_cores():
+    """Every core's torch threads, as Atari configs train (torch_threads: 0), then back."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count())
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def precision(rounds: int) -> None:
     from functools import partial
 
@@ -312,9 +324,7 @@ def precision(rounds: int) -> None:
         """The learner's forward under precision: bf16 (agents/learner.py)."""
         return partial(mixed_precision_forward, net, dtype=torch.bfloat16)
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count())  # as Atari configs train (torch_threads: 0)
-    try:
+    with all_cores():
         for name in NETS:
             net, obs = network(name)
             for batch in (256, 32):
@@ -329,8 +339,6 @@ def precision(rounds: int) -> None:
                 cast = torch.no_grad()(lambda net=net, x=obs[:batch]: bf16(net)(x))
                 show(f"precision, {name}, graph-free pass on {batch} (DQN's targets, acting)",
                      compare({"fp32": plain, "bf16 autocast": cast}, rounds, 20))
-    finally:
-        torch.set_num_threads(threads)
 
 
 def targets(rounds: int) -> None:
@@ -341,9 +349,7 @@ def targets(rounds: int) -> None:
     than the caches hold)."""
     from agents.learner import CastCopy
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count())  # as Atari configs train (torch_threads: 0)
-    try:
+    with all_cores():
         net, obs = network("Nature CNN")
         net.requires_grad_(False)
         halves, both = (obs[:32], obs[32:64]), obs[:64]
@@ -366,8 +372,6 @@ def targets(rounds: int) -> None:
                       "bf16 cast copy, one pass of 64": passes(lambda: cast_copy(net), [both],
                                                                torch.bfloat16)},
                      rounds, 20))
-    finally:
-        torch.set_num_threads(threads)
 
 
 SECTIONS = {"layout": layout, "compile": compile_section, "adam": adam, "inference": inference,
