@@ -114,7 +114,9 @@ class Learner:
 
     def frozen(self, module: nn.Module) -> nn.Module:
         """A graph-free module (a target network) as the gradient steps should call it under
-        `autocast()`: itself in fp32, its cached low-precision copy in bf16 (CastCopy)."""
+        `autocast()`: itself in fp32, its cached low-precision copy in bf16 (CastCopy). One
+        cache: pass the same module every time (another one evicts it), and never the online
+        network, whose weights change at every step (a fresh copy each call)."""
         return module if self._cast_copy is None else self._cast_copy(module)
 
     def setup(self) -> None:
