@@ -5,20 +5,19 @@
     .venv/bin/python bench/levers.py --rounds 9      # steadier medians
 
 Sections: `layout` (NHWC vs NCHW convolutions), `compile` (torch.compile of the learner's
-forward/backward), `adam` (Adam's per-tensor, foreach and fused kernels), `inference` (acting
-under inference_mode vs no_grad), `acting` (PPO's per-step costs on MiniGrid: native convolutions
-for a few tiny images, the categorical draw, GAE in numpy, log-probabilities without building a
-distribution), `threads` (torch threads and libgomp's waiting for updates and
-for acting: each setting in its own process, as libgomp reads it once), `allocator` (glibc
-malloc's default against the freed-memory thresholds training sets, in child processes too),
-`envs` (ale-py's AtariVectorEnv vs gymnasium wrappers in a SyncVectorEnv, over our screenless
-AtariEnv or the stock one), `replay` (sampling a batch from the replay buffer vs the update that
-uses it), `precision` (`precision: bf16`'s autocast forward against fp32, for a gradient step
-(fused Adam, as training) and a graph-free pass, with every core's threads as Atari runs use
-them), `targets` (DQN's TD-target passes for the two updates of a vector step: bf16 autocast over
-the fp32 weights vs the cached bf16 copy training uses, and one pass over both batches, not
-kept). Variants alternate within a round, so load from other users falls on all alike; medians
-over rounds.
+forward/backward), `adam` (Adam's per-tensor, foreach and fused kernels), `inference` (acting under
+inference_mode vs no_grad), `acting` (PPO's per-step costs on MiniGrid: native convolutions for a
+few tiny images, the categorical draw, GAE in numpy, log-probabilities without building a
+distribution), `threads` (torch threads and libgomp's waiting for updates and for acting: each
+setting in its own process, as libgomp reads it once), `allocator` (glibc malloc's default against
+the freed-memory thresholds training sets, in child processes too), `envs` (ale-py's AtariVectorEnv
+vs gymnasium wrappers in a SyncVectorEnv, over our screenless AtariEnv or the stock one, or stepped
+by two processes as env.workers=2), `replay` (sampling a batch from the replay buffer vs the update
+that uses it), `precision` (`precision: bf16`'s autocast forward against fp32, for a gradient step
+(fused Adam, as training) and a graph-free pass, with every core's threads as Atari runs use them),
+`targets` (DQN's TD-target passes for the two updates of a vector step: bf16 autocast over the fp32
+weights vs the cached bf16 copy training uses, and one pass over both batches, not kept). Variants
+alternate within a round, so load from other users falls on all alike; medians over rounds.
 One torch thread unless a section says otherwise.
 """
 
@@ -270,11 +269,12 @@ def envs(rounds: int) -> None:
     env_cfg = OmegaConf.structured(EnvConfig)
     task = TaskSpec("ALE/Breakout-v5")
     variants, rng = {}, np.random.default_rng(0)
-    for backend in ("gymnasium", "ale_vector"):
+    for backend, workers in (("gymnasium", 1), ("ale_vector", 1), ("gymnasium", 2)):
         env_cfg.backend = backend
-        vec = atari.make_vector(task, env_cfg, 8, False)
+        vec = atari.make_vector(task, env_cfg, 8, False, workers)
         vec.reset(seed=0)
-        variants[backend] = (lambda vec=vec: vec.step(rng.integers(0, 4, 8)))
+        name = backend if workers == 1 else f"{backend}, env.workers={workers} (4 envs each)"
+        variants[name] = (lambda vec=vec: vec.step(rng.integers(0, 4, 8)))
     # The gymnasium pipeline as it was: ale-py's own AtariEnv, whose observation (grey, or RGB
     # before that) is grabbed every frame and thrown away (AtariPreprocessing reads its screens
     # from the ALE itself).

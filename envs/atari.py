@@ -19,7 +19,7 @@ from ale_py.env import AtariEnv
 from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
 
 from agents.errors import ConfigError
-from envs.families import EnvFamily, register_env_family, sync_vector_env
+from envs.families import EnvFamily, register_env_family, vector_env
 from envs.info import ObservationLayout
 from envs.tasks import TaskSpec
 from envs.wrappers import FireReset, apply_shifts
@@ -117,7 +117,8 @@ def uses_ale_vector(task: TaskSpec, env_cfg) -> bool:
     )
 
 
-def make_vector(task: TaskSpec, env_cfg, num_envs: int, full_action_space: bool):
+def make_vector(task: TaskSpec, env_cfg, num_envs: int, full_action_space: bool,
+                workers: int = 1):
     if uses_ale_vector(task, env_cfg):
         rom = game_info(task.env_id)[0]
         return ale_py.vector_env.AtariVectorEnv(
@@ -129,7 +130,7 @@ def make_vector(task: TaskSpec, env_cfg, num_envs: int, full_action_space: bool)
             reward_clipping=False, use_fire_reset=env_cfg.fire_reset,
             max_num_frames_per_episode=env_cfg.max_episode_frames,
         )
-    return sync_vector_env(lambda: make_single(task, env_cfg, full_action_space), num_envs)
+    return vector_env(lambda: make_single(task, env_cfg, full_action_space), num_envs, workers)
 
 
 @register_env_family("atari", prefixes=("ALE/",))
@@ -137,6 +138,7 @@ class AtariFamily(EnvFamily):
     """This module's functions, with the sequence's action space (benchmarks call them directly)."""
 
     observation_layout = LAYOUT
+    steps_in_workers = True  # the gymnasium backend's emulators; ale_vector has its own threads
 
     @cached_property
     def full_action_space(self) -> bool:
@@ -150,7 +152,8 @@ class AtariFamily(EnvFamily):
         return make_single(task, self.env_cfg, self.full_action_space)
 
     def make_vector(self, task: TaskSpec, num_envs: int):
-        return make_vector(task, self.env_cfg, num_envs, self.full_action_space)
+        return make_vector(task, self.env_cfg, num_envs, self.full_action_space,
+                           self.workers(num_envs))
 
     def reward_transform(self):
         return np.sign if self.env_cfg.clip_rewards else None

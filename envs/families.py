@@ -14,6 +14,7 @@ import gymnasium as gym
 
 from agents.errors import ConfigError, positive
 from envs.info import ObservationLayout
+from envs.processes import ProcessVectorEnv
 
 
 class EnvFamily:
@@ -27,6 +28,9 @@ class EnvFamily:
     physics_keys: ClassVar[tuple[str, ...]] = ()  # the task.physics it can set (MuJoCo's)
     # its ids are gymnasium's own envs (MuJoCo's): "or a gymnasium id" names them already
     gymnasium_ids: ClassVar[bool] = False
+    # its env steps cost enough (an emulator's ~0.5 ms) that env.workers=null steps them in
+    # worker processes; cheap ones (MiniGrid's, MuJoCo's) would lose more to the round trips
+    steps_in_workers: ClassVar[bool] = False
 
     def __init__(self, env_cfg, tasks: list):
         self.env_cfg = env_cfg
@@ -42,7 +46,19 @@ class EnvFamily:
 
     def make_vector(self, task, num_envs: int) -> gym.vector.VectorEnv:
         """`num_envs` envs of the task, each reset in the step it ends (SAME_STEP autoreset)."""
-        return sync_vector_env(lambda: self.make_single(task), num_envs)
+        return vector_env(lambda: self.make_single(task), num_envs, self.workers(num_envs))
+
+    def workers(self, num_envs: int) -> int:
+        """The processes that step `num_envs` envs, this one included: env.workers, else, for a
+        family that `steps_in_workers`, one per 4 envs and at most one per core the run's torch
+        uses."""
+        if self.env_cfg.workers is not None:
+            return min(self.env_cfg.workers, num_envs)
+        if not self.steps_in_workers:
+            return 1
+        import torch  # loaded by the trainer already; importing envs need not load it
+
+        return max(1, min(torch.get_num_threads(), num_envs // ENVS_PER_WORKER))
 
     @classmethod
     def layout(cls, observation_space: gym.spaces.Space) -> ObservationLayout:
@@ -131,6 +147,18 @@ def plain_layout(observation_space: gym.spaces.Space) -> ObservationLayout:
     family's, gymnasium's own rule (a vector; an image stored HWC). A run passes its families'
     layout (EnvFactory.info); nothing guesses a family from a shape."""
     return _fallback().layout(observation_space)
+
+
+ENVS_PER_WORKER = 4  # fewer, and a worker's round trip outweighs its share of the stepping
+
+
+def vector_env(make_env: Callable[[], gym.Env], num_envs: int,
+               workers: int = 1) -> gym.vector.VectorEnv:
+    """`num_envs` envs of `make_env`, stepped by `workers` processes (1: this one alone; more:
+    this one and worker processes), the same steps either way, bit for bit."""
+    if workers <= 1:
+        return sync_vector_env(make_env, num_envs)
+    return ProcessVectorEnv(make_env, num_envs, processes=workers)
 
 
 def sync_vector_env(make_env: Callable[[], gym.Env], num_envs: int) -> gym.vector.VectorEnv:
