@@ -30,7 +30,7 @@ BREAKOUT_MODE = TaskSpec("ALE/Breakout-v5", kwargs={"mode": 4})
 def atari_maker(**env):
     # short episodes: every env ends (truncated) several times within the steps below
     cfg = OmegaConf.merge(OmegaConf.structured(EnvConfig),
-                          {"backend": "gymnasium", "max_episode_frames": 160, **env})
+                          {"backend": "gymnasium", "max_episode_frames": 100, **env})
     return lambda: atari.make_single(BREAKOUT_MODE, cfg, False)
 
 
@@ -65,7 +65,7 @@ def test_steps_resets_and_infos_equal_sync_vector_env_bit_for_bit(num_envs, proc
         for seed in (7, list(range(100, 100 + num_envs))):
             assert_same(plain.reset(seed=seed), split.reset(seed=seed), "reset")
             rng, episode_ends = np.random.default_rng(0), 0
-            for step in range(120):
+            for step in range(70):
                 actions = rng.integers(0, 4, num_envs)
                 expected, got = plain.step(actions), split.step(actions)
                 assert_same(expected, got, f"step {step}")
