@@ -17,7 +17,7 @@ from agents.errors import ConfigError
 from agents.runtime.config import load_config
 from agents.runtime.launch import run_training
 from analysis.study.compare import logged, run_differences
-from envs import atari
+from envs import atari, families
 from envs.config import EnvConfig
 from envs.factory import EnvFactory
 from envs.families import sync_vector_env
@@ -173,8 +173,16 @@ def test_workers_below_one_is_a_config_error():
         load_config(None, ["env.workers=0"])
 
 
-def test_a_ppo_run_on_modes_is_the_same_run_with_workers_as_without(tmp_path):
+def test_a_ppo_run_on_modes_is_the_same_run_with_workers_as_without(tmp_path, monkeypatch):
     """Weights, optimizer, every logged scalar: the same with the envs in two processes."""
+    built = []
+
+    class Counted(ProcessVectorEnv):
+        def __init__(self, *args, **kwargs):
+            built.append(kwargs.get("processes"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(families, "ProcessVectorEnv", Counted)
     overrides = ["sequence.tasks=[{env_id: ALE/Breakout-v5, kwargs: {mode: 4}}]",
                  "sequence.switch_every=384", "sequence.cycles=1", "env.num_envs=4",
                  "env.max_episode_frames=200", "ppo.num_steps=32", "ppo.num_minibatches=2",
@@ -186,5 +194,6 @@ def test_a_ppo_run_on_modes_is_the_same_run_with_workers_as_without(tmp_path):
                           [*overrides, f"env.workers={workers}", f"runs_root={root}"])
         assert run_training(cfg, stream=io.StringIO()) == 0
         run_dirs.append(next(root.glob("*/*")))
+        assert built == ([] if workers == 1 else [2])  # the training envs, in two processes
     assert not run_differences(*run_dirs)
     assert sum(tag == "charts/episodic_return" for tag, _, _ in logged(run_dirs[0])) >= 4
