@@ -12,9 +12,12 @@ emulators side by side; processes do.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import signal
+import sys
 import traceback
+import types
 from collections.abc import Callable
 from copy import deepcopy
 
@@ -179,6 +182,21 @@ class ProcessVectorEnv(gym.vector.VectorEnv):
         return answers
 
 
+@contextlib.contextmanager
+def main_module_left_out():
+    """While a worker starts, __main__ reads as an empty module. A forkserver (or spawn) child
+    imports its parent's __main__ again, so that pickled references into it resolve: a user's
+    script that builds a run without an `if __name__ == "__main__":` guard would run again in
+    every worker and fail there. A worker needs nothing from it: its env factory travels by
+    value (cloudpickled) and its loop is this module's."""
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
 class Worker:
     """One worker process and its end of the pipe."""
 
@@ -188,7 +206,8 @@ class Worker:
         self.process = context.Process(
             target=work, daemon=True, name=f"pliable-envs-{share.start}-{share.stop - 1}",
             args=(CloudpickleWrapper(make_env), share, num_envs, memory, child))
-        self.process.start()
+        with main_module_left_out():
+            self.process.start()
         child.close()
 
     def send(self, command: str, data) -> None:

@@ -6,6 +6,9 @@ import io
 import multiprocessing as mp
 import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -120,6 +123,43 @@ def test_an_env_failing_in_a_worker_raises_in_the_trainer_with_its_message():
                                           r"for envs 2-3\)"):
         envs.step(np.zeros(4, int))
     assert envs.closed and not worker.process.is_alive()
+
+
+UNGUARDED_SCRIPT = """
+import sys
+sys.path.insert(0, {root!r})
+import gymnasium as gym
+import numpy as np
+from envs.processes import ProcessVectorEnv
+
+class Counter(gym.Env):  # defined here, in __main__: it reaches the workers by value
+    observation_space = gym.spaces.Box(0, 100, (1,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+    def reset(self, *, seed=None, options=None):
+        self.t = 0
+        return np.zeros(1, np.float32), {{}}
+    def step(self, action):
+        self.t += 1
+        return np.full(1, self.t, np.float32), 0.0, False, False, {{}}
+
+print("the script ran", flush=True)
+envs = ProcessVectorEnv(Counter, 4, 2)
+envs.reset(seed=0)
+obs = envs.step(np.zeros(4, int))[0]
+envs.close()
+print("stepped", obs.ravel().tolist(), flush=True)
+"""
+
+
+def test_a_script_without_a_main_guard_runs_once_with_workers(tmp_path):
+    """The workers do not import the user's __main__ again (multiprocessing's forkserver would,
+    and the script would build envs inside each worker while it starts, and fail)."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED_SCRIPT.format(root=str(Path(__file__).resolve().parents[1])))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["the script ran", "stepped [1.0, 1.0, 1.0, 1.0]"]
 
 
 def test_a_worker_killed_is_one_error_naming_it():
