@@ -12,7 +12,8 @@ from agents.errors import at_least, positive, probability
 class EnvConfig:
     num_envs: int = field(default=8, metadata=at_least(1))
     # processes that step the envs, the trainer's included (envs/processes.py): 1, the trainer
-    # alone; None: the family's choice (Atari's gymnasium backend: one per 4 envs and core)
+    # alone; None: the family's choice (Atari's gymnasium backend: one per 4 envs, at most one
+    # per torch thread). ale_vector ignores it: its C++ threads step the envs
     workers: Optional[int] = field(default=None, metadata=at_least(1))
     backend: str = "auto"  # Atari: auto | gymnasium | ale_vector (C++ threads, default modes only)
     # Atari preprocessing (ALE v5 defaults, Machado et al. 2018)
